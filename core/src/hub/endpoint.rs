@@ -1,0 +1,293 @@
+//! The server side of one pub/sub connection: `subscribe`, `unsubscribe`, `publish`, `ping`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tracing::Instrument;
+
+use super::{Hub, SubscriberKey};
+use crate::error::{PubSubError, RpcError};
+use crate::protocol;
+use crate::rpc::{CallContext, ConnContext, ConnectionConfig, Methods, NoArgs};
+use crate::transport::{CloseReason, Transport};
+
+/// The operation a per-topic authorizer is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TopicAction {
+    /// The connection subscribes to the topic.
+    Subscribe,
+    /// The connection publishes on the topic.
+    Publish,
+}
+
+/// Decides, per connection and topic, whether a subscribe or publish may go ahead.
+///
+/// Implemented for async closures `Fn(ConnContext, TopicAction, String) -> bool`.
+#[async_trait]
+pub trait TopicAuthorizer: Send + Sync + 'static {
+    /// Returns true to allow `action` on `topic` for the connection whose context is `conn`.
+    async fn authorize(&self, conn: &ConnContext, action: TopicAction, topic: &str) -> bool;
+}
+
+#[async_trait]
+impl<F, Fut> TopicAuthorizer for F
+where
+    F: Fn(ConnContext, TopicAction, String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    async fn authorize(&self, conn: &ConnContext, action: TopicAction, topic: &str) -> bool {
+        self(conn.clone(), action, topic.to_owned()).await
+    }
+}
+
+/// Serves pub/sub and user methods on connections to one hub. Cheap to clone.
+///
+/// Transports such as the WebSocket layer hand each accepted connection to
+/// [`Endpoint::serve`]; tests can do the same with [`crate::transport::pair`].
+#[derive(Clone)]
+pub struct Endpoint {
+    hub: Hub,
+    methods: Methods,
+    config: ConnectionConfig,
+    topic_authorizer: Option<Arc<dyn TopicAuthorizer>>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("hub", &self.hub)
+            .field("methods", &self.methods)
+            .field("config", &self.config)
+            .field("topic_authorizer", &self.topic_authorizer.is_some())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct TopicsArgs {
+    #[serde(default)]
+    topics: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct PublishArgs {
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default = "default_sync")]
+    sync: bool,
+    #[serde(default)]
+    notifier_id: Option<String>,
+}
+
+fn default_sync() -> bool {
+    true
+}
+
+/// Subscriptions of one connection.
+struct Session {
+    hub: Hub,
+    key: SubscriberKey,
+    topics: Mutex<HashSet<String>>,
+    authorizer: Option<Arc<dyn TopicAuthorizer>>,
+}
+
+impl Session {
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn check(
+        &self,
+        ctx: &CallContext,
+        action: TopicAction,
+        topics: &[String],
+    ) -> Result<(), RpcError> {
+        for topic in topics {
+            if let Err(error) = self.hub.inner.validate_topic(topic) {
+                return Err(error.to_rpc_error());
+            }
+            if let Some(authorizer) = &self.authorizer {
+                if !authorizer.authorize(ctx.conn(), action, topic).await {
+                    tracing::debug!(topic = topic.as_str(), action = ?action, "topic authorizer rejected");
+                    return Err(PubSubError::Forbidden(topic.clone()).to_rpc_error());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, ctx: CallContext, topics: Vec<String>) -> Result<bool, RpcError> {
+        self.check(&ctx, TopicAction::Subscribe, &topics).await?;
+        let added: Vec<String> = {
+            let mut current = self.topics();
+            let added: Vec<String> = topics
+                .into_iter()
+                .filter(|topic| !current.contains(topic))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let max = self.hub.inner.config.max_subscriptions_per_connection;
+            if current.len() + added.len() > max {
+                return Err(RpcError::new(
+                    crate::ErrorCode::TooLarge,
+                    format!("more than {max} subscriptions on this connection; raise HubConfig::max_subscriptions_per_connection"),
+                ));
+            }
+            current.extend(added.iter().cloned());
+            added
+        };
+        if !added.is_empty() {
+            self.hub
+                .add_connection(self.key, ctx.channel(), &added)
+                .await;
+            // A connection that closed meanwhile has already been cleaned up, so undo.
+            if ctx.channel().is_closed() {
+                self.hub.remove(self.key, &added).await;
+                return Ok(false);
+            }
+            tracing::debug!(topics = ?added, "subscribed");
+        }
+        Ok(true)
+    }
+
+    async fn unsubscribe(&self, topics: Vec<String>) -> Result<bool, RpcError> {
+        let removed: Vec<String> = {
+            let mut current = self.topics();
+            topics
+                .into_iter()
+                .filter(|topic| current.remove(topic))
+                .collect()
+        };
+        if !removed.is_empty() {
+            self.hub.remove(self.key, &removed).await;
+            tracing::debug!(topics = ?removed, "unsubscribed");
+        }
+        Ok(true)
+    }
+
+    async fn publish(&self, ctx: CallContext, args: PublishArgs) -> Result<bool, RpcError> {
+        self.check(&ctx, TopicAction::Publish, &args.topics).await?;
+        let data = args.data.map_or_else(
+            || Bytes::from_static(b"null"),
+            |raw| Bytes::from(raw.get().to_owned()),
+        );
+        // Python peers pass no notifier id and expect not to hear their own publication back.
+        let exclude = args
+            .notifier_id
+            .unwrap_or_else(|| ctx.channel().id().to_owned());
+        if args.sync {
+            self.hub
+                .publish_encoded(args.topics, data, Some(&exclude))
+                .await
+                .map_err(|error| error.to_rpc_error())?;
+        } else {
+            let hub = self.hub.clone();
+            tokio::spawn(
+                async move {
+                    // publish_encoded logs backbone failures itself.
+                    let _ = hub.publish_encoded(args.topics, data, Some(&exclude)).await;
+                }
+                .in_current_span(),
+            );
+        }
+        Ok(true)
+    }
+}
+
+impl Endpoint {
+    /// Creates an endpoint serving `hub` with default limits and no extra methods.
+    pub fn new(hub: Hub) -> Self {
+        Self {
+            hub,
+            methods: Methods::new(),
+            config: ConnectionConfig::default(),
+            topic_authorizer: None,
+        }
+    }
+
+    /// Sets the application's own methods, served beside the pub/sub ones.
+    pub fn methods(mut self, methods: Methods) -> Self {
+        self.methods = methods;
+        self
+    }
+
+    /// Sets the per-connection limits and timers.
+    pub fn config(mut self, config: ConnectionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the authorizer called on every `subscribe` and `publish`, per topic.
+    pub fn topic_authorizer(mut self, authorizer: impl TopicAuthorizer) -> Self {
+        self.topic_authorizer = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// Returns the hub.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Returns the per-connection limits.
+    pub fn connection_config(&self) -> &ConnectionConfig {
+        &self.config
+    }
+
+    /// Serves one connection until it closes, then removes its subscriptions.
+    pub async fn serve(&self, transport: Box<dyn Transport>, context: ConnContext) -> CloseReason {
+        let conn_id = protocol::new_id();
+        let span = tracing::debug_span!("connection", conn_id = conn_id.as_str());
+        let session = Arc::new(Session {
+            hub: self.hub.clone(),
+            key: self.hub.next_key(),
+            topics: Mutex::new(HashSet::new()),
+            authorizer: self.topic_authorizer.clone(),
+        });
+        let methods = self.methods.clone().merge(pubsub_methods(&session));
+        let connection = crate::rpc::connection_with_id(
+            transport,
+            methods,
+            context,
+            self.config.clone(),
+            span.clone(),
+            conn_id,
+        );
+        let reason = connection.wait().await;
+        let topics: Vec<String> = session.topics().drain().collect();
+        if !topics.is_empty() {
+            self.hub.remove(session.key, &topics).instrument(span).await;
+        }
+        reason
+    }
+}
+
+fn pubsub_methods(session: &Arc<Session>) -> Methods {
+    let subscribe = Arc::clone(session);
+    let unsubscribe = Arc::clone(session);
+    let publish = Arc::clone(session);
+    Methods::new()
+        .method("subscribe", move |args: TopicsArgs, ctx: CallContext| {
+            let session = Arc::clone(&subscribe);
+            async move { session.subscribe(ctx, args.topics).await }
+        })
+        .method("unsubscribe", move |args: TopicsArgs, _ctx: CallContext| {
+            let session = Arc::clone(&unsubscribe);
+            async move { session.unsubscribe(args.topics).await }
+        })
+        .method("publish", move |args: PublishArgs, ctx: CallContext| {
+            let session = Arc::clone(&publish);
+            async move { session.publish(ctx, args).await }
+        })
+        .inline_method("ping", |_: NoArgs, _ctx: &CallContext| Ok("pong"))
+}

@@ -1,0 +1,480 @@
+//! The per-connection runtime: one reader task, one writer task.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::methods::{CallContext, Handler, HandlerResult};
+use super::outbound::Outbound;
+use super::{ConnContext, ConnectionConfig, Methods, Pending, RpcChannel, Shared};
+use crate::error::{ErrorCode, RpcError};
+use crate::protocol::{self, IncomingRequest, IncomingResponse};
+use crate::transport::{CloseReason, FrameSink, FrameStream, Incoming, Transport, TransportError};
+
+/// How long the writer tries to send a close frame before dropping the transport.
+const CLOSE_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most frames the writer takes from its queue before flushing once.
+const MAX_BATCH: usize = 256;
+
+/// A running connection: its channel handle and the task that ends when it closes.
+#[derive(Debug)]
+pub struct Connection {
+    channel: RpcChannel,
+    task: JoinHandle<CloseReason>,
+}
+
+impl Connection {
+    /// Returns the channel handle, to call the peer.
+    pub fn channel(&self) -> &RpcChannel {
+        &self.channel
+    }
+
+    /// Waits until the connection has closed and returns why.
+    pub async fn wait(self) -> CloseReason {
+        match self.task.await {
+            Ok(reason) => reason,
+            Err(error) => CloseReason::new(1011, format!("connection task failed: {error}")),
+        }
+    }
+}
+
+/// Starts the reader and writer tasks of a connection over `transport`.
+///
+/// `methods` are served to the peer in addition to the built-in `_ping_` and
+/// `_get_channel_id_`. `span` becomes the parent of every event the connection logs; give it a
+/// `conn_id` field. Must be called inside a tokio runtime.
+pub fn spawn_connection(
+    transport: Box<dyn Transport>,
+    methods: Methods,
+    context: ConnContext,
+    config: ConnectionConfig,
+    span: tracing::Span,
+) -> Connection {
+    spawn_connection_with_id(
+        transport,
+        methods,
+        context,
+        config,
+        span,
+        protocol::new_id(),
+    )
+}
+
+/// Starts a connection like [`spawn_connection`], with a given channel id.
+pub(crate) fn spawn_connection_with_id(
+    transport: Box<dyn Transport>,
+    methods: Methods,
+    context: ConnContext,
+    config: ConnectionConfig,
+    span: tracing::Span,
+    id: String,
+) -> Connection {
+    let (outbound, rx) = Outbound::new(config.max_queued_bytes, config.overflow_policy);
+    let (closed, _) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        id,
+        call_ids: protocol::CallIds::new(),
+        outbound,
+        pending: Mutex::new(Pending::default()),
+        methods,
+        context,
+        in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+        config,
+        closed,
+        span: span.clone(),
+    });
+    let channel = RpcChannel {
+        shared: Arc::clone(&shared),
+    };
+    let (sink, stream) = transport.split();
+    let clock = Clock::new();
+
+    let writer = tokio::spawn(
+        write_loop(Arc::clone(&shared), sink, rx, clock.clone()).instrument(span.clone()),
+    );
+    let reader_channel = channel.clone();
+    let task = tokio::spawn(
+        async move {
+            tracing::debug!("connection open");
+            let reason = read_loop(&reader_channel, stream, &clock).await;
+            let shared = &reader_channel.shared;
+            shared.outbound.begin_close(reason.clone());
+            let _ = writer.await;
+            let reason = shared.outbound.close_reason().unwrap_or(reason);
+            {
+                let mut pending = shared.lock_pending();
+                pending.closed = true;
+                // Dropping the senders wakes every waiting caller with ConnectionClosed.
+                pending.calls.clear();
+            }
+            shared.closed.send_replace(Some(reason.clone()));
+            tracing::debug!(close_code = reason.code, close_reason = %reason.reason, "connection closed");
+            reason
+        }
+        .instrument(span),
+    );
+    Connection { channel, task }
+}
+
+/// Milliseconds since the connection started, shared between reader and writer.
+#[derive(Clone)]
+struct Clock {
+    start: Instant,
+    last_heard: Arc<AtomicU64>,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_heard: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn heard(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_heard.store(now, Ordering::Relaxed);
+    }
+
+    fn silence(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_heard.load(Ordering::Relaxed)))
+    }
+}
+
+async fn read_loop(
+    channel: &RpcChannel,
+    mut stream: Box<dyn FrameStream>,
+    clock: &Clock,
+) -> CloseReason {
+    let shared = &*channel.shared;
+    let mut invalid_in_a_row = 0u32;
+    loop {
+        let next = tokio::select! {
+            biased;
+            reason = shared.outbound.closing() => return reason,
+            next = stream.recv() => next,
+        };
+        clock.heard();
+        let payload = match next {
+            None => return CloseReason::new(CloseReason::NORMAL, "closed by peer"),
+            Some(Ok(Incoming::Text(payload))) => payload,
+            Some(Ok(Incoming::Pong)) => continue,
+            Some(Ok(Incoming::Binary(_))) => {
+                let error = RpcError::new(
+                    ErrorCode::InvalidFrame,
+                    "binary frames are not supported on a JSON connection",
+                );
+                if !reject_frame(channel, None, &error, &mut invalid_in_a_row) {
+                    return invalid_payload_reason(shared);
+                }
+                continue;
+            }
+            Some(Err(TransportError::FrameTooLarge { max })) => {
+                tracing::debug!(max_frame_size = max, "incoming frame too large");
+                return CloseReason::new(
+                    CloseReason::TOO_BIG,
+                    format!("frame exceeds {max} bytes; raise max_frame_size"),
+                );
+            }
+            Some(Err(TransportError::Closed(reason))) => {
+                return reason.unwrap_or_else(|| CloseReason::new(1005, "closed by peer"));
+            }
+            Some(Err(error)) => {
+                tracing::debug!(error = %error, "transport read failed");
+                return CloseReason::new(1006, "transport failed");
+            }
+        };
+
+        match protocol::decode_frame(&payload) {
+            Ok(frame) => {
+                invalid_in_a_row = 0;
+                let empty = frame.request.is_none() && frame.response.is_none();
+                // A frame may carry both parts; the request is handled first.
+                if let Some(request) = frame.request {
+                    dispatch_request(channel, request);
+                }
+                if let Some(response) = frame.response {
+                    complete_call(shared, response);
+                }
+                if empty {
+                    tracing::debug!("ignoring frame without request or response");
+                }
+            }
+            Err(bad) => {
+                if !reject_frame(
+                    channel,
+                    bad.call_id.as_deref(),
+                    &bad.error,
+                    &mut invalid_in_a_row,
+                ) {
+                    return invalid_payload_reason(shared);
+                }
+            }
+        }
+    }
+}
+
+fn invalid_payload_reason(shared: &Shared) -> CloseReason {
+    CloseReason::new(
+        CloseReason::INVALID_PAYLOAD,
+        format!(
+            "{} invalid frames in a row; raise ConnectionConfig::max_invalid_frames",
+            shared.config.max_invalid_frames
+        ),
+    )
+}
+
+/// Answers an unreadable frame. Returns false once the connection sent too many in a row.
+fn reject_frame(
+    channel: &RpcChannel,
+    call_id: Option<&str>,
+    error: &RpcError,
+    invalid_in_a_row: &mut u32,
+) -> bool {
+    *invalid_in_a_row += 1;
+    tracing::debug!(call_id, error = %error, "rejecting invalid frame");
+    let _ = channel.push_frame(protocol::encode_error(call_id, error));
+    *invalid_in_a_row < channel.shared.config.max_invalid_frames
+}
+
+fn dispatch_request(channel: &RpcChannel, request: IncomingRequest) {
+    let shared = &*channel.shared;
+    let IncomingRequest {
+        method,
+        arguments,
+        call_id,
+    } = request;
+    let raw_arguments = arguments.as_deref().map_or("{}", RawValue::get);
+    tracing::trace!(
+        method = method.as_str(),
+        call_id = call_id.as_deref(),
+        "request received"
+    );
+
+    match method.as_str() {
+        protocol::PING_METHOD => {
+            respond(channel, call_id.as_deref(), Ok(raw_json("\"pong\"")));
+            return;
+        }
+        protocol::GET_CHANNEL_ID_METHOD => {
+            let id = serde_json::value::to_raw_value(&shared.id)
+                .map_err(|error| RpcError::internal(error.to_string()));
+            respond(channel, call_id.as_deref(), id);
+            return;
+        }
+        _ => {}
+    }
+
+    let Some(handler) = shared.methods.get(&method) else {
+        tracing::debug!(
+            method = method.as_str(),
+            call_id = call_id.as_deref(),
+            "method not found"
+        );
+        respond(
+            channel,
+            call_id.as_deref(),
+            Err(RpcError::method_not_found(&method)),
+        );
+        return;
+    };
+    let context = CallContext::new(channel.clone());
+    match handler {
+        Handler::Inline(handler) => {
+            let result = catch_panic(|| handler(raw_arguments, &context));
+            respond(channel, call_id.as_deref(), result);
+        }
+        Handler::Async(handler) => {
+            let Ok(permit) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
+                let limit = shared.config.max_in_flight;
+                tracing::warn!(
+                    method = method.as_str(),
+                    call_id = call_id.as_deref(),
+                    limit,
+                    "too many requests in flight"
+                );
+                let error = RpcError::new(
+                    ErrorCode::TooManyRequests,
+                    format!("more than {limit} requests in flight on this connection; raise ConnectionConfig::max_in_flight"),
+                );
+                respond(channel, call_id.as_deref(), Err(error));
+                return;
+            };
+            let future = catch_panic(|| Ok(handler(raw_arguments, context)));
+            let channel = channel.clone();
+            tokio::spawn(
+                async move {
+                    let result = match future {
+                        Ok(future) => CatchUnwind(future).await,
+                        Err(error) => Err(error),
+                    };
+                    drop(permit);
+                    if let Err(error) = &result {
+                        if error.code == ErrorCode::InternalError {
+                            tracing::warn!(method = method.as_str(), call_id = call_id.as_deref(), error = %error, "method failed");
+                        }
+                    }
+                    respond(&channel, call_id.as_deref(), result);
+                }
+                .in_current_span(),
+            );
+        }
+    }
+}
+
+fn raw_json(json: &'static str) -> Box<RawValue> {
+    RawValue::from_string(json.to_owned()).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+fn respond(channel: &RpcChannel, call_id: Option<&str>, result: HandlerResult) {
+    let frame: Bytes = match &result {
+        Ok(value) => protocol::encode_result(call_id, value),
+        Err(error) => protocol::encode_error(call_id, error),
+    };
+    // A full or closing queue already logged why; the caller sees the connection close.
+    let _ = channel.push_frame(frame);
+}
+
+fn complete_call(shared: &Shared, response: IncomingResponse) {
+    let Some(call_id) = response.call_id else {
+        tracing::debug!("ignoring response without call id");
+        return;
+    };
+    let waiter = <[u8; 32]>::try_from(call_id.as_bytes())
+        .ok()
+        .and_then(|key| shared.lock_pending().calls.remove(&key));
+    let Some(waiter) = waiter else {
+        // Acknowledgements of notify frames land here, so this is routine.
+        tracing::trace!(
+            call_id = call_id.as_str(),
+            "ignoring response with unknown call id"
+        );
+        return;
+    };
+    let outcome = match response.error {
+        Some(error) => Err(error),
+        None if response.result_type.as_deref() == Some(protocol::ERROR_RESULT_TYPE) => Err(
+            RpcError::internal("peer answered with an error without details"),
+        ),
+        None => Ok(response.result.unwrap_or_else(|| RawValue::NULL.to_owned())),
+    };
+    // The caller may have timed out or been cancelled a moment ago; nothing to do then.
+    let _ = waiter.send(outcome);
+}
+
+fn catch_panic<T>(run: impl FnOnce() -> Result<T, RpcError>) -> Result<T, RpcError> {
+    std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| {
+        tracing::error!("method panicked");
+        Err(RpcError::internal("method panicked"))
+    })
+}
+
+/// Turns a panic inside a handler future into an `internal_error` response.
+struct CatchUnwind(super::BoxFuture<'static, HandlerResult>);
+
+impl Future for CatchUnwind {
+    type Output = HandlerResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                tracing::error!("method panicked");
+                Poll::Ready(Err(RpcError::internal("method panicked")))
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    shared: Arc<Shared>,
+    mut sink: Box<dyn FrameSink>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    clock: Clock,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let keepalive = shared.config.keepalive_interval;
+    let mut ticker =
+        keepalive.map(|period| tokio::time::interval_at(Instant::now() + period, period));
+
+    let reason = loop {
+        let step = tokio::select! {
+            biased;
+            reason = shared.outbound.closing() => Step::Close(reason),
+            received = rx.recv_many(&mut batch, MAX_BATCH) => {
+                if received == 0 {
+                    Step::Close(CloseReason::new(CloseReason::NORMAL, ""))
+                } else {
+                    Step::Send
+                }
+            }
+            _ = tick(&mut ticker) => Step::Ping,
+        };
+        match step {
+            Step::Close(reason) => break reason,
+            Step::Send => {
+                let bytes: usize = batch.iter().map(Bytes::len).sum();
+                let sent = tokio::select! {
+                    biased;
+                    reason = shared.outbound.closing() => Err(reason),
+                    sent = sink.send_batch(&mut batch) => Ok(sent),
+                };
+                batch.clear();
+                shared.outbound.sent(bytes);
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(error = %error, "transport write failed");
+                        break CloseReason::new(1006, "transport failed");
+                    }
+                    Err(reason) => break reason,
+                }
+            }
+            Step::Ping => {
+                let limit = keepalive.unwrap_or_default() + shared.config.keepalive_timeout;
+                if clock.silence() > limit {
+                    tracing::debug!(
+                        silence_ms = clock.silence().as_millis() as u64,
+                        "keep-alive timed out"
+                    );
+                    break CloseReason::new(1011, "keep-alive timed out");
+                }
+                if let Err(error) = sink.ping().await {
+                    tracing::debug!(error = %error, "keep-alive ping failed");
+                    break CloseReason::new(1006, "transport failed");
+                }
+            }
+        }
+    };
+    shared.outbound.begin_close(reason.clone());
+    let reason = shared.outbound.close_reason().unwrap_or(reason);
+    let _ = tokio::time::timeout(CLOSE_FRAME_TIMEOUT, sink.close(reason)).await;
+}
+
+enum Step {
+    Close(CloseReason),
+    Send,
+    Ping,
+}
+
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,249 @@
+//! The method registry: typed handlers stored behind a type-erased signature.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::RpcChannel;
+use crate::error::RpcError;
+
+/// A boxed future, as returned by type-erased handlers.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a connection's authorizer returned, visible to every handler on that connection.
+///
+/// Empty when the connection was accepted without an authorizer.
+#[derive(Clone, Default)]
+pub struct ConnContext(Option<Arc<dyn Any + Send + Sync>>);
+
+impl ConnContext {
+    /// Wraps a value as a connection context.
+    pub fn new<T: Any + Send + Sync>(value: T) -> Self {
+        Self(Some(Arc::new(value)))
+    }
+
+    /// Returns the context as `T`, or `None` when it is empty or of another type.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_deref()?.downcast_ref()
+    }
+
+    /// Returns true when no authorizer value is attached.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl fmt::Debug for ConnContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnContext")
+            .field("is_empty", &self.is_empty())
+            .finish()
+    }
+}
+
+/// What a handler learns about the call it is serving.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    channel: RpcChannel,
+}
+
+impl CallContext {
+    pub(crate) fn new(channel: RpcChannel) -> Self {
+        Self { channel }
+    }
+
+    /// Returns the channel the call arrived on, to call the peer back.
+    pub fn channel(&self) -> &RpcChannel {
+        &self.channel
+    }
+
+    /// Returns the connection context, as set by the authorizer.
+    pub fn conn(&self) -> &ConnContext {
+        self.channel.context()
+    }
+
+    /// Returns the connection context as `T`; shorthand for `self.conn().get::<T>()`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.conn().get()
+    }
+}
+
+/// Arguments type for methods that take none: accepts any JSON object.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+pub struct NoArgs {}
+
+pub(crate) type AsyncHandler =
+    Arc<dyn Fn(&str, CallContext) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
+pub(crate) type InlineHandler = Arc<dyn Fn(&str, &CallContext) -> HandlerResult + Send + Sync>;
+pub(crate) type HandlerResult = Result<Box<RawValue>, RpcError>;
+
+#[derive(Clone)]
+pub(crate) enum Handler {
+    Async(AsyncHandler),
+    Inline(InlineHandler),
+}
+
+/// The methods one side of a channel serves to its peer.
+///
+/// ```
+/// use serde::Deserialize;
+/// use tidings_core::rpc::Methods;
+///
+/// #[derive(Deserialize)]
+/// struct AddArgs { a: i64, b: i64 }
+///
+/// let methods = Methods::new().method("add", |args: AddArgs, _ctx| async move {
+///     Ok(args.a + args.b)
+/// });
+/// assert!(methods.contains("add"));
+/// ```
+#[derive(Clone, Default)]
+pub struct Methods {
+    handlers: HashMap<String, Handler>,
+}
+
+impl fmt::Debug for Methods {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self.handlers.keys().collect();
+        names.sort();
+        f.debug_struct("Methods").field("names", &names).finish()
+    }
+}
+
+/// Decodes keyword arguments, treating a missing `arguments` key as `{}`.
+pub(crate) fn decode_arguments<A: DeserializeOwned>(raw: &str) -> Result<A, RpcError> {
+    if raw == "null" {
+        return Err(RpcError::invalid_arguments(
+            "arguments must be a JSON object, got null",
+        ));
+    }
+    if !raw.starts_with('{') {
+        return Err(RpcError::invalid_arguments(
+            "arguments must be a JSON object of keyword arguments",
+        ));
+    }
+    serde_json::from_str(raw).map_err(|error| RpcError::invalid_arguments(error.to_string()))
+}
+
+fn encode_result<R: Serialize>(result: &R) -> HandlerResult {
+    serde_json::value::to_raw_value(result)
+        .map_err(|error| RpcError::internal(format!("result could not be encoded: {error}")))
+}
+
+impl Methods {
+    /// Creates an empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers an async method. Its arguments are decoded from the request's keyword
+    /// arguments; a decoding failure answers the caller with `invalid_arguments`.
+    ///
+    /// Handlers run concurrently with the connection's reader, so a handler may call the peer
+    /// back through [`CallContext::channel`] and wait for the answer.
+    pub fn method<A, R, F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + 'static,
+        F: Fn(A, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: AsyncHandler = Arc::new(move |raw: &str, ctx: CallContext| {
+            let decoded = decode_arguments::<A>(raw);
+            let handler = Arc::clone(&handler);
+            Box::pin(async move {
+                let args = decoded?;
+                let result = handler(args, ctx).await?;
+                encode_result(&result)
+            })
+        });
+        self.handlers.insert(name.into(), Handler::Async(erased));
+        self
+    }
+
+    /// Registers a method that runs on the connection's reader task, in arrival order.
+    ///
+    /// Use it only for quick, non-blocking work (such as forwarding an event into a channel):
+    /// the connection reads nothing else while it runs, and it is not counted against the
+    /// connection's in-flight limit.
+    pub fn inline_method<A, R, F>(mut self, name: impl Into<String>, handler: F) -> Self
+    where
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
+        F: Fn(A, &CallContext) -> Result<R, RpcError> + Send + Sync + 'static,
+    {
+        let erased: InlineHandler = Arc::new(move |raw: &str, ctx: &CallContext| {
+            let args = decode_arguments::<A>(raw)?;
+            encode_result(&handler(args, ctx)?)
+        });
+        self.handlers.insert(name.into(), Handler::Inline(erased));
+        self
+    }
+
+    /// Adds every method of `other`, replacing methods of the same name.
+    pub fn merge(mut self, other: Methods) -> Self {
+        self.handlers.extend(other.handlers);
+        self
+    }
+
+    /// Returns true when a method of that name is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.handlers.contains_key(name)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Handler> {
+        self.handlers.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Pair {
+        #[allow(dead_code)]
+        a: i64,
+    }
+
+    #[test]
+    fn null_arguments_are_invalid() {
+        let error = decode_arguments::<Pair>("null").unwrap_err();
+        assert_eq!(error.code, crate::ErrorCode::InvalidArguments);
+        assert!(error.message.contains("null"));
+    }
+
+    #[test]
+    fn wrong_argument_type_is_invalid() {
+        let error = decode_arguments::<Pair>(r#"{"a":"x"}"#).unwrap_err();
+        assert_eq!(error.code, crate::ErrorCode::InvalidArguments);
+        assert!(error.message.contains("invalid type"), "{}", error.message);
+    }
+
+    #[test]
+    fn array_arguments_are_invalid() {
+        let error = decode_arguments::<NoArgs>("[1]").unwrap_err();
+        assert_eq!(error.code, crate::ErrorCode::InvalidArguments);
+    }
+
+    #[test]
+    fn no_args_accepts_any_object() {
+        assert!(decode_arguments::<NoArgs>(r#"{"x":1}"#).is_ok());
+    }
+
+    #[test]
+    fn context_downcasts_to_its_type() {
+        let context = ConnContext::new(String::from("alice"));
+        assert_eq!(context.get::<String>().map(String::as_str), Some("alice"));
+        assert!(context.get::<u32>().is_none());
+        assert!(ConnContext::default().is_empty());
+    }
+}

@@ -1,0 +1,1 @@
+//! Cross-crate tests of tidings; see the `tests/` folder.
