@@ -82,6 +82,11 @@ pub fn backbone_from_url(url: &str) -> Result<Arc<dyn Backbone>, BackboneError> 
     }
 }
 
+/// Compiles the README's Rust examples as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 //!   returns an [`RpcChannel`]: either side registers [`Methods`] and calls the other.
 //! - A [`Hub`] holds local subscribers and fans publications out; an [`Endpoint`] serves the
 //!   pub/sub methods (`subscribe`, `unsubscribe`, `publish`, `ping`) on each connection.
-//! - A [`Backbone`](backbone::Backbone) carries publications between hubs of different
+//! - A [`Backbone`] carries publications between hubs of different
 //!   instances.
 
 pub mod backbone;

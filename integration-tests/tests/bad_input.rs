@@ -1,0 +1,237 @@
+//! Bad input from a peer: each is answered with a typed error, the connection stays usable and
+//! other connections are untouched.
+
+mod common;
+
+use common::{init_tracing, within, RawPeer, TestServer};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tidings::{CallContext, ConnectionConfig, Hub, Methods, PubSubLayer, RpcError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(serde::Deserialize)]
+struct AddArgs {
+    a: i64,
+    b: i64,
+}
+
+const MAX_FRAME: usize = 64 * 1024;
+
+fn server() -> (Hub, TestServer) {
+    init_tracing();
+    let hub = Hub::new();
+    let methods = Methods::new().method("add", |args: AddArgs, _ctx: CallContext| async move {
+        Ok::<_, RpcError>(args.a + args.b)
+    });
+    let layer = PubSubLayer::new(hub.clone())
+        .methods(methods)
+        .config(ConnectionConfig::default().max_frame_size(MAX_FRAME));
+    (hub, TestServer::start(layer))
+}
+
+/// Checks that the peer still gets correct answers after the bad frame.
+async fn assert_usable(peer: &mut RawPeer) {
+    let answer = peer.call("add", json!({"a": 1, "b": 2}), "check").await;
+    assert_eq!(answer["result"], 3);
+    assert_eq!(answer["result_type"], "int");
+}
+
+fn assert_error(response: &Value, code: &str) {
+    assert_eq!(response["result"], Value::Null, "{response}");
+    assert_eq!(response["result_type"], "error", "{response}");
+    assert_eq!(response["error"]["code"], code, "{response}");
+    assert!(
+        response["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{response}"
+    );
+}
+
+async fn bystander(server: &TestServer) -> (RawPeer, tidings::Client) {
+    let mut watcher = RawPeer::connect(&server.url()).await;
+    let subscribed = watcher
+        .call("subscribe", json!({"topics": ["calm"]}), "w1")
+        .await;
+    assert_eq!(subscribed["result"], true);
+    let publisher = common::client(&server.url()).await;
+    (watcher, publisher)
+}
+
+async fn assert_bystander_receives(watcher: &mut RawPeer, publisher: &tidings::Client, n: i64) {
+    publisher.publish(["calm"], &n).await.unwrap();
+    let notify = watcher.recv_json().await;
+    assert_eq!(notify["request"]["method"], "notify");
+    assert_eq!(notify["request"]["arguments"]["data"], n);
+}
+
+#[tokio::test]
+async fn not_json_is_rejected() {
+    let (_hub, server) = server();
+    let (mut watcher, publisher) = bystander(&server).await;
+    let mut peer = RawPeer::connect(&server.url()).await;
+    peer.send_text("this is not json").await;
+    let answer = peer.recv_json().await;
+    assert_error(&answer["response"], "invalid_frame");
+    assert_eq!(answer["response"]["call_id"], Value::Null);
+    assert_usable(&mut peer).await;
+    assert_bystander_receives(&mut watcher, &publisher, 1).await;
+}
+
+#[tokio::test]
+async fn json_that_is_not_an_envelope_is_rejected() {
+    let (_hub, server) = server();
+    let mut peer = RawPeer::connect(&server.url()).await;
+    for frame in ["[1,2,3]", "42", r#""text""#, r#"{"request": 5}"#] {
+        peer.send_text(frame).await;
+        let answer = peer.recv_json().await;
+        assert_error(&answer["response"], "invalid_frame");
+    }
+    assert_usable(&mut peer).await;
+}
+
+#[tokio::test]
+async fn empty_object_is_ignored() {
+    let (_hub, server) = server();
+    let mut peer = RawPeer::connect(&server.url()).await;
+    peer.send_text("{}").await;
+    // The next frame the peer sees is the answer to its next call, not an error.
+    assert_usable(&mut peer).await;
+}
+
+#[tokio::test]
+async fn unknown_method_is_rejected() {
+    let (_hub, server) = server();
+    let mut peer = RawPeer::connect(&server.url()).await;
+    let answer = peer.call("no_such_method", json!({}), "u1").await;
+    assert_error(&answer, "method_not_found");
+    assert_eq!(answer["call_id"], "u1");
+    assert_usable(&mut peer).await;
+}
+
+#[tokio::test]
+async fn wrong_argument_types_are_rejected() {
+    let (_hub, server) = server();
+    let mut peer = RawPeer::connect(&server.url()).await;
+    let answer = peer.call("add", json!({"a": "one", "b": 2}), "w1").await;
+    assert_error(&answer, "invalid_arguments");
+    let answer = peer.call("add", json!({"a": 1}), "w2").await;
+    assert_error(&answer, "invalid_arguments");
+    peer.send_text(
+        r#"{"request":{"method":"add","arguments":[1,2],"call_id":"w3"},"response":null}"#,
+    )
+    .await;
+    let answer = peer.response_for("w3").await;
+    assert_error(&answer, "invalid_arguments");
+    assert_usable(&mut peer).await;
+}
+
+#[tokio::test]
+async fn null_arguments_are_rejected() {
+    let (_hub, server) = server();
+    let mut peer = RawPeer::connect(&server.url()).await;
+    let answer = peer.call("add", Value::Null, "n1").await;
+    assert_error(&answer, "invalid_arguments");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("null"));
+    assert_usable(&mut peer).await;
+}
+
+#[tokio::test]
+async fn binary_frame_is_rejected() {
+    let (_hub, server) = server();
+    let mut peer = RawPeer::connect(&server.url()).await;
+    peer.send_binary(b"\x00\x01binary".to_vec()).await;
+    let answer = peer.recv_json().await;
+    assert_error(&answer["response"], "invalid_frame");
+    assert!(answer["response"]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("binary"));
+    assert_usable(&mut peer).await;
+}
+
+#[tokio::test]
+async fn string_topics_are_rejected() {
+    let (hub, server) = server();
+    let mut peer = RawPeer::connect(&server.url()).await;
+    let answer = peer
+        .call("subscribe", json!({"topics": "news"}), "s1")
+        .await;
+    assert_error(&answer, "invalid_arguments");
+    assert_eq!(hub.topic_count(), 0, "a string subscribed its characters");
+    let answer = peer
+        .call("publish", json!({"topics": "news", "data": 1}), "s2")
+        .await;
+    assert_error(&answer, "invalid_arguments");
+    assert_usable(&mut peer).await;
+}
+
+#[tokio::test]
+async fn oversized_topic_is_rejected() {
+    let (hub, server) = server();
+    let mut peer = RawPeer::connect(&server.url()).await;
+    let long = "x".repeat(hub.config().max_topic_len + 1);
+    let answer = peer
+        .call("subscribe", json!({"topics": [long]}), "l1")
+        .await;
+    assert_error(&answer, "invalid_arguments");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_topic_len"));
+    assert_usable(&mut peer).await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_only_that_connection() {
+    let (_hub, server) = server();
+    let (mut watcher, publisher) = bystander(&server).await;
+    let mut peer = RawPeer::connect(&server.url()).await;
+    let huge = format!(
+        r#"{{"request":{{"method":"add","arguments":{{"pad":"{}"}},"call_id":"big"}},"response":null}}"#,
+        "x".repeat(MAX_FRAME * 2)
+    );
+    peer.send_text(&huge).await;
+    let close = loop {
+        match within("close frame", peer.ws.next()).await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("close frame carries a code");
+    assert_eq!(close.code, CloseCode::Size);
+    assert!(close.reason.contains("max_frame_size"), "{}", close.reason);
+
+    assert_bystander_receives(&mut watcher, &publisher, 2).await;
+    let mut fresh = RawPeer::connect(&server.url()).await;
+    assert_usable(&mut fresh).await;
+}
+
+#[tokio::test]
+async fn repeated_garbage_closes_with_invalid_payload() {
+    let (_hub, server) = server();
+    let (mut watcher, publisher) = bystander(&server).await;
+    let mut peer = RawPeer::connect(&server.url()).await;
+    let limit = ConnectionConfig::default().max_invalid_frames;
+    for _ in 0..limit {
+        peer.send_text("garbage").await;
+    }
+    let close = loop {
+        match within("close frame", peer.ws.next()).await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(Message::Text(text))) => {
+                let answer: Value = serde_json::from_str(&text).unwrap();
+                assert_error(&answer["response"], "invalid_frame");
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.expect("close code").code, CloseCode::Invalid);
+    assert_bystander_receives(&mut watcher, &publisher, 3).await;
+}
