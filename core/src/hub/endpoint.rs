@@ -14,7 +14,9 @@ use tracing::Instrument;
 use super::{Hub, SubscriberKey};
 use crate::error::{PubSubError, RpcError};
 use crate::protocol;
-use crate::rpc::{CallContext, ConnContext, ConnectionConfig, Methods, NoArgs};
+use crate::rpc::{
+    BoxFuture, CallContext, ConnContext, ConnectionConfig, Methods, NoArgs, RpcChannel,
+};
 use crate::transport::{CloseReason, Transport};
 
 /// The operation a per-topic authorizer is asked about.
@@ -57,7 +59,10 @@ pub struct Endpoint {
     methods: Methods,
     config: ConnectionConfig,
     topic_authorizer: Option<Arc<dyn TopicAuthorizer>>,
+    on_connect: Option<OnConnect>,
 }
+
+type OnConnect = Arc<dyn Fn(RpcChannel) -> BoxFuture<'static, ()> + Send + Sync>;
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -66,6 +71,7 @@ impl fmt::Debug for Endpoint {
             .field("methods", &self.methods)
             .field("config", &self.config)
             .field("topic_authorizer", &self.topic_authorizer.is_some())
+            .field("on_connect", &self.on_connect.is_some())
             .finish()
     }
 }
@@ -213,6 +219,7 @@ impl Endpoint {
             methods: Methods::new(),
             config: ConnectionConfig::default(),
             topic_authorizer: None,
+            on_connect: None,
         }
     }
 
@@ -231,6 +238,17 @@ impl Endpoint {
     /// Sets the authorizer called on every `subscribe` and `publish`, per topic.
     pub fn topic_authorizer(mut self, authorizer: impl TopicAuthorizer) -> Self {
         self.topic_authorizer = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// Sets a callback run on its own task for every new connection, with the connection's
+    /// channel, for example to call methods the client exposes.
+    pub fn on_connect<F, Fut>(mut self, callback: F) -> Self
+    where
+        F: Fn(RpcChannel) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_connect = Some(Arc::new(move |channel| Box::pin(callback(channel))));
         self
     }
 
@@ -263,6 +281,9 @@ impl Endpoint {
             span.clone(),
             conn_id,
         );
+        if let Some(on_connect) = &self.on_connect {
+            tokio::spawn(on_connect(connection.channel().clone()).instrument(span.clone()));
+        }
         let reason = connection.wait().await;
         let topics: Vec<String> = session.topics().drain().collect();
         if !topics.is_empty() {

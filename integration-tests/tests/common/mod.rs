@@ -22,6 +22,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tower::Layer;
 
+pub mod python;
+
+/// Returns a number unique within this test process.
+pub fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Upper bound for any single wait in a test, so a broken build fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(10);
 

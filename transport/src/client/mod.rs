@@ -25,6 +25,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tidings_core::protocol::PING_METHOD;
 use tidings_core::rpc::{spawn_connection, Connection};
 use tidings_core::transport::CloseReason;
 use tidings_core::{CallError, ConnContext, ConnectionConfig, Methods, RpcChannel};
@@ -60,6 +61,9 @@ pub enum ConnectError {
     /// The server could not be reached or the handshake failed.
     #[error("could not connect")]
     Io(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The WebSocket opened but the server did not answer the first `_ping_`.
+    #[error("server did not answer the first _ping_")]
+    NoPong(#[source] CallError),
     /// The client was closed.
     #[error("client closed")]
     Closed,
@@ -68,7 +72,10 @@ pub enum ConnectError {
 impl ConnectError {
     /// Returns true when a later attempt may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Io(_) | Self::UnexpectedStatus { .. })
+        matches!(
+            self,
+            Self::Io(_) | Self::UnexpectedStatus { .. } | Self::NoPong(_)
+        )
     }
 }
 
@@ -264,13 +271,30 @@ impl Dialer {
         })?;
         let conn_id = tidings_core::protocol::new_id();
         let span = tracing::debug_span!("connection", conn_id = conn_id.as_str());
-        Ok(spawn_connection(
+        let connection = spawn_connection(
             Box::new(WsTransport::new(ws, max_frame_size)),
             self.methods.clone(),
             ConnContext::default(),
             self.config.clone(),
             span,
-        ))
+        );
+        // Like the Python client, open with `_ping_`: any answer, even an error from a server
+        // without the method, proves the channel works both ways.
+        match connection
+            .channel()
+            .call::<serde_json::Value>(PING_METHOD, serde_json::json!({}))
+            .await
+        {
+            Ok(_) | Err(CallError::Remote(_)) | Err(CallError::InvalidResult { .. }) => {
+                Ok(connection)
+            }
+            Err(error) => {
+                connection
+                    .channel()
+                    .close(CloseReason::new(CloseReason::NORMAL, "no answer to _ping_"));
+                Err(ConnectError::NoPong(error))
+            }
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tidings_core::{ConnectionConfig, Endpoint, Hub, Methods, TopicAuthorizer};
+use tidings_core::{ConnectionConfig, Endpoint, Hub, Methods, RpcChannel, TopicAuthorizer};
 use tower::Layer;
 
 use super::auth::Authorizer;
@@ -86,6 +86,16 @@ impl PubSubLayer {
         self.update(|settings| {
             settings.endpoint = settings.endpoint.clone().topic_authorizer(authorizer)
         })
+    }
+
+    /// Sets a callback run on its own task for every new connection; see
+    /// [`Endpoint::on_connect`].
+    pub fn on_connect<F, Fut>(self, callback: F) -> Self
+    where
+        F: Fn(RpcChannel) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.update(|settings| settings.endpoint = settings.endpoint.clone().on_connect(callback))
     }
 
     /// Returns the endpoint that serves the connections.
