@@ -31,7 +31,8 @@
 //!
 //! | feature | default | backbone |
 //! |---|---|---|
-//! | `memory` | yes | [`MemoryBackbone`]: hubs in one process |
+//! | `memory` | yes | `MemoryBackbone`: hubs in one process |
+//! | `redis` | no | `RedisBackbone`: Redis pub/sub, through the fred client |
 //!
 //! Choose the backbone at run time from a URL with [`backbone_from_url`].
 
@@ -46,6 +47,8 @@ pub use tidings_core::{
 };
 #[cfg(feature = "memory")]
 pub use tidings_memory::MemoryBackbone;
+#[cfg(feature = "redis")]
+pub use tidings_redis::{RedisBackbone, RedisConfig};
 pub use tidings_ws::{
     client, server, AuthRejection, Authorizer, Client, ClientBuilder, ClientState,
     ClientSubscription, ConnectError, PubSubLayer, PubSubService, ReconnectPolicy,
@@ -56,7 +59,8 @@ pub use tidings_ws::{
 ///
 /// | scheme | backbone | feature |
 /// |---|---|---|
-/// | `memory://` | [`MemoryBackbone`], shared by hubs of this process | `memory` |
+/// | `memory://` | `MemoryBackbone`, shared by hubs of this process | `memory` |
+/// | `redis://`, `rediss://` | `RedisBackbone`; `?prefix=` sets the channel prefix, `?channel=EventNotifier` shares one channel with Python instances | `redis` |
 ///
 /// A scheme whose feature is off, or an unknown scheme, returns
 /// [`BackboneError::Config`] naming the feature to enable.
@@ -76,8 +80,14 @@ pub fn backbone_from_url(url: &str) -> Result<Arc<dyn Backbone>, BackboneError> 
         "memory" => Err(BackboneError::Config(
             "backbone memory:// needs the \"memory\" feature of tidings".into(),
         )),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(RedisBackbone::from_url(url)?)),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => Err(BackboneError::Config(
+            "backbone redis:// needs the \"redis\" feature of tidings".into(),
+        )),
         other => Err(BackboneError::Config(format!(
-            "unknown backbone scheme {other:?} in {url:?}; this build supports memory://"
+            "unknown backbone scheme {other:?} in {url:?}; supported schemes: memory, redis, rediss"
         ))),
     }
 }

@@ -14,30 +14,7 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tidings serve");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let mut lines = BufReader::new(stderr).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("serve printed its address")
-                .expect("readable log");
-            if let Some(start) = line.find("ws://") {
-                let rest = &line[start..];
-                let end = rest.find('"').unwrap_or(rest.len());
-                break rest[..end].to_owned();
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, url }
+        serve_with(&[])
     }
 }
 
@@ -168,5 +145,63 @@ fn unknown_backbone_fails_serve() {
         stderr(&output).contains("unknown backbone scheme"),
         "{}",
         stderr(&output)
+    );
+}
+
+/// A `tidings serve` process with extra arguments, for the backbone tests.
+fn serve_with(args: &[&str]) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tidings serve");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines.next().expect("serve printed its address").expect("readable log");
+        if let Some(start) = line.find("ws://") {
+            let rest = &line[start..];
+            let end = rest.find('"').unwrap_or(rest.len());
+            break rest[..end].to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url }
+}
+
+#[test]
+fn two_servers_share_redis() {
+    let redis = std::env::var("TIDINGS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let backbone = format!("{redis}/?prefix=tidings-cli-test-{}:", std::process::id());
+    let first = serve_with(&["--backbone", &backbone]);
+    let second = serve_with(&["--backbone", &backbone]);
+
+    let mut subscriber = Command::new(BIN)
+        .args(["sub", &second.url, "news", "--count", "1"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tidings sub");
+    let mut lines = BufReader::new(subscriber.stderr.take().expect("stderr piped")).lines();
+    loop {
+        let line = lines.next().expect("sub log line").expect("readable log");
+        if line.contains("subscribed") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+
+    let published = run(&["pub", &first.url, "news", r#"{"via":"redis"}"#]);
+    assert!(published.status.success(), "{}", stderr(&published));
+    let output = subscriber.wait_with_output().expect("sub exits after one event");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        r#"{"topic":"news","data":{"via":"redis"}}"#
     );
 }

@@ -9,8 +9,8 @@ Modes:
   pubsub-client URL   a PubSubClient
   rpc-client URL      a WebSocketRpcClient exposing multiply() and greet()
   server              a PubSubEndpoint on 127.0.0.1 with an ephemeral port, printed first as
-                      {"event": "listening", "port": N}; pass --broadcaster URL to share
-                      publications through an EventBroadcaster
+                      {"event": "listening", "port": N}; pass --broadcaster URL (and
+                      --channel NAME) to share publications through an EventBroadcaster
 """
 
 import argparse
@@ -125,11 +125,12 @@ async def run_rpc_client(url):
         await serve_commands({"call": call})
 
 
-async def run_server(broadcaster):
+async def run_server(broadcaster_url, channel):
     import uvicorn
-    from fastapi import FastAPI
-    from fastapi_websocket_pubsub import PubSubEndpoint
+    from fastapi import FastAPI, WebSocket
+    from fastapi_websocket_pubsub import EventBroadcaster, PubSubEndpoint
     from fastapi_websocket_pubsub.rpc_event_methods import RpcEventServerMethods
+    from fastapi_websocket_pubsub.websocket_rpc_event_notifier import WebSocketRpcEventNotifier
 
     class ServerMethods(RpcEventServerMethods):
         async def add(self, a: int, b: int) -> int:
@@ -143,11 +144,23 @@ async def run_server(broadcaster):
     async def on_connect(channel):
         channels.append(channel)
 
+    notifier = WebSocketRpcEventNotifier()
+    broadcaster = None
+    if broadcaster_url:
+        broadcaster = EventBroadcaster(broadcaster_url, notifier=notifier, channel=channel)
     app = FastAPI()
     endpoint = PubSubEndpoint(
-        methods_class=ServerMethods, broadcaster=broadcaster, on_connect=[on_connect]
+        methods_class=ServerMethods,
+        notifier=notifier,
+        broadcaster=broadcaster,
+        on_connect=[on_connect],
     )
-    endpoint.register_route(app, "/pubsub")
+
+    # PubSubEndpoint.register_route routes to the inner RPC endpoint and so skips the
+    # broadcaster; the endpoint's own main_loop is the one that shares publications.
+    @app.websocket("/pubsub")
+    async def pubsub(websocket: WebSocket):
+        await endpoint.main_loop(websocket)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -179,13 +192,14 @@ def main():
     parser.add_argument("mode", choices=["pubsub-client", "rpc-client", "server"])
     parser.add_argument("url", nargs="?")
     parser.add_argument("--broadcaster")
+    parser.add_argument("--channel", default="EventNotifier")
     args = parser.parse_args()
     if args.mode == "pubsub-client":
         asyncio.run(run_pubsub_client(args.url))
     elif args.mode == "rpc-client":
         asyncio.run(run_rpc_client(args.url))
     else:
-        asyncio.run(run_server(args.broadcaster))
+        asyncio.run(run_server(args.broadcaster, args.channel))
 
 
 if __name__ == "__main__":

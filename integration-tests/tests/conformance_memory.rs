@@ -1,0 +1,18 @@
+//! The conformance suite on the in-process memory backbone.
+
+mod common;
+mod conformance;
+
+use std::sync::Arc;
+
+use tidings::{Backbone, MemoryBackbone};
+
+struct MemoryCluster(MemoryBackbone);
+
+impl conformance::Cluster for MemoryCluster {
+    fn backbone(&self) -> Arc<dyn Backbone> {
+        Arc::new(self.0.clone())
+    }
+}
+
+conformance_tests!(MemoryCluster(MemoryBackbone::new()));
