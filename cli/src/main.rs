@@ -1,5 +1,6 @@
 //! The `tidings` command: run a server, subscribe, publish and call methods.
 
+mod bench;
 mod serve;
 
 use std::io::Write;
@@ -49,6 +50,9 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
+    /// Measure a running server: throughput, latency and losses.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Call a method on the server and print its JSON result.
     Call {
         /// Endpoint URL, such as ws://127.0.0.1:8000/pubsub.
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Bench(command) => bench::run(command).await,
         Command::Sub { url, topics, count } => subscribe(&url, topics, count).await,
         Command::Pub {
             url,

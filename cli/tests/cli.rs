@@ -162,7 +162,10 @@ fn serve_with(args: &[&str]) -> Server {
     let stderr = child.stderr.take().expect("stderr piped");
     let mut lines = BufReader::new(stderr).lines();
     let url = loop {
-        let line = lines.next().expect("serve printed its address").expect("readable log");
+        let line = lines
+            .next()
+            .expect("serve printed its address")
+            .expect("readable log");
         if let Some(start) = line.find("ws://") {
             let rest = &line[start..];
             let end = rest.find('"').unwrap_or(rest.len());
@@ -175,7 +178,8 @@ fn serve_with(args: &[&str]) -> Server {
 
 #[test]
 fn two_servers_share_redis() {
-    let redis = std::env::var("TIDINGS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let redis = std::env::var("TIDINGS_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let backbone = format!("{redis}/?prefix=tidings-cli-test-{}:", std::process::id());
     let first = serve_with(&["--backbone", &backbone]);
     let second = serve_with(&["--backbone", &backbone]);
@@ -199,7 +203,9 @@ fn two_servers_share_redis() {
 
     let published = run(&["pub", &first.url, "news", r#"{"via":"redis"}"#]);
     assert!(published.status.success(), "{}", stderr(&published));
-    let output = subscriber.wait_with_output().expect("sub exits after one event");
+    let output = subscriber
+        .wait_with_output()
+        .expect("sub exits after one event");
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
         r#"{"topic":"news","data":{"via":"redis"}}"#
