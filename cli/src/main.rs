@@ -90,6 +90,7 @@ fn init_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -143,6 +144,7 @@ async fn connect(url: &str, timeout: Duration) -> Result<Client, String> {
     let config = ConnectionConfig::default().call_timeout(timeout);
     Client::builder(url)
         .config(config)
+        .connect_timeout(timeout)
         .connect()
         .await
         .map_err(|error| format!("could not connect to {url}: {}", describe(&error)))

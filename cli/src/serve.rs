@@ -9,10 +9,15 @@ use std::task::{Context, Poll};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tidings::{ConnectionConfig, Hub, PubSubLayer};
-use tokio::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidings::transport::CloseReason;
+use tidings::{BackboneState, ConnectionConfig, Endpoint, Hub, PubSubLayer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::Layer;
 
 /// Arguments of `tidings serve`.
@@ -31,14 +36,45 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 1024 * 1024)]
     max_frame_size: usize,
     /// Byte cap of each connection's outbound queue; a subscriber past it is closed.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
     max_queued_bytes: usize,
+    /// Maximum number of open TCP connections; further clients wait until one closes.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
 }
+
+/// How long a client may take to send its HTTP request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for connections to take their close frame.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Answers `GET /health` and 404 for everything else outside the endpoint path.
 #[derive(Clone)]
 struct Fallback {
     hub: Hub,
+    endpoint: Endpoint,
+}
+
+/// Returns the `/health` body: backbone state, open connections and topics, as JSON.
+fn health(hub: &Hub, endpoint: &Endpoint) -> String {
+    let (state, reason) = match hub.backbone_state() {
+        BackboneState::Local => ("local", None),
+        BackboneState::Connecting => ("connecting", None),
+        BackboneState::Connected => ("connected", None),
+        BackboneState::Disconnected { reason } => ("disconnected", Some(reason)),
+        _ => ("unknown", None),
+    };
+    let stats = hub.stats();
+    let body = serde_json::json!({
+        "status": "ok",
+        "backbone": {"state": state, "reason": reason},
+        "connections": endpoint.connection_count(),
+        "topics": hub.topic_count(),
+        "published": stats.published,
+        "delivered": stats.delivered,
+        "dropped": stats.dropped,
+    });
+    format!("{body}\n")
 }
 
 impl tower::Service<Request<Incoming>> for Fallback {
@@ -52,11 +88,7 @@ impl tower::Service<Request<Incoming>> for Fallback {
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let (status, body) = if request.uri().path() == "/health" {
-            let state = format!("{:?}", self.hub.backbone_state());
-            (
-                StatusCode::OK,
-                format!("{{\"status\":\"ok\",\"backbone\":\"{state}\"}}\n"),
-            )
+            (StatusCode::OK, health(&self.hub, &self.endpoint))
         } else {
             (StatusCode::NOT_FOUND, "not found\n".to_owned())
         };
@@ -66,6 +98,19 @@ impl tower::Service<Request<Incoming>> for Fallback {
             Ok(response)
         })
     }
+}
+
+/// Accepts one connection once a connection slot is free.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> std::io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let slot = Arc::clone(slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| std::io::Error::other("connection limit closed"))?;
+    let (stream, peer) = listener.accept().await?;
+    Ok((stream, peer, slot))
 }
 
 pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
@@ -88,10 +133,16 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
     let config = ConnectionConfig::default()
         .max_frame_size(args.max_frame_size)
         .max_queued_bytes(args.max_queued_bytes);
-    let service = PubSubLayer::new(hub.clone())
+    let layer = PubSubLayer::new(hub.clone())
         .path(args.path.clone())
-        .config(config)
-        .layer(Fallback { hub: hub.clone() });
+        .config(config);
+    let endpoint = layer.endpoint().clone();
+    let service = layer.layer(Fallback {
+        hub: hub.clone(),
+        endpoint: endpoint.clone(),
+    });
+    let connection_slots = Arc::new(Semaphore::new(args.max_connections.max(1)));
+    let mut accept_failures = 0u64;
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -109,19 +160,30 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = accept(&listener, &connection_slots) => accepted,
             _ = &mut shutdown => {
-                tracing::info!("shutting down");
+                tracing::info!(connections = endpoint.connection_count(), "shutting down");
+                endpoint.close_all(CloseReason::new(CloseReason::GOING_AWAY, "server shutting down"));
+                let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+                    while endpoint.connection_count() > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                });
+                let _ = drained.await;
                 hub.shutdown().await;
                 return Ok(());
             }
         };
-        let (stream, peer) = match accepted {
+        let (stream, peer, slot) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                // Running out of file descriptors is the usual cause; back off briefly.
-                tracing::warn!(error = %error, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                // Running out of file descriptors is the usual cause: back off briefly, and
+                // log the first failure and then every power of two, not every attempt.
+                accept_failures += 1;
+                if accept_failures.is_power_of_two() {
+                    tracing::warn!(error = %error, failures = accept_failures, "accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -129,11 +191,14 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
         let service = TowerToHyperService::new(service.clone());
         tokio::spawn(async move {
             let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             if let Err(error) = connection.await {
                 tracing::debug!(peer = %peer, error = %error, "http connection failed");
             }
+            drop(slot);
         });
     }
 }

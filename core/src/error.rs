@@ -211,6 +211,14 @@ pub enum PubSubError {
     /// The per-topic authorizer rejected the operation.
     #[error("forbidden topic {0:?}")]
     Forbidden(String),
+    /// A publication named more distinct topics than allowed.
+    #[error("publication has {count} topics, over the maximum of {max}; raise HubConfig::max_topics_per_publish")]
+    TooManyTopics {
+        /// The number of distinct topics.
+        count: usize,
+        /// The configured maximum.
+        max: usize,
+    },
     /// The publication was delivered locally but the backbone failed to carry it to other
     /// instances.
     #[error("publication was not sent to other instances")]
@@ -224,6 +232,7 @@ impl PubSubError {
             Self::Encode(error) => RpcError::invalid_arguments(error.to_string()),
             Self::InvalidTopic { .. } => RpcError::invalid_arguments(self.to_string()),
             Self::Forbidden(_) => RpcError::forbidden(self.to_string()),
+            Self::TooManyTopics { .. } => RpcError::new(ErrorCode::TooLarge, self.to_string()),
             Self::Backbone(error) => RpcError::internal(format!("{self}: {error}")),
         }
     }

@@ -37,6 +37,18 @@ impl CloseReason {
     pub const POLICY: u16 = 1008;
     /// Message too big (1009).
     pub const TOO_BIG: u16 = 1009;
+    /// Protocol error (1002).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Unexpected condition on this side (1011), also used for keep-alive timeouts.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// Abnormal closure (1006): recorded locally when the connection broke, never sent.
+    pub const ABNORMAL: u16 = 1006;
+
+    /// Returns true for codes that RFC 6455 reserves for local use and forbids in a close
+    /// frame (1005, 1006, 1015).
+    pub fn is_reserved(code: u16) -> bool {
+        matches!(code, 1005 | 1006 | 1015)
+    }
 
     /// Creates a close reason.
     pub fn new(code: u16, reason: impl Into<String>) -> Self {
@@ -66,6 +78,12 @@ pub enum TransportError {
     /// The peer closed the connection.
     #[error("connection closed by peer: {0:?}")]
     Closed(Option<CloseReason>),
+    /// The peer broke the transport protocol, for example with an invalid WebSocket frame.
+    #[error("protocol violation by peer: {0}")]
+    Protocol(String),
+    /// A text frame was not valid UTF-8.
+    #[error("text frame is not valid UTF-8")]
+    InvalidUtf8,
     /// An I/O or protocol failure of the underlying connection.
     #[error("transport failed")]
     Io(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -235,3 +235,102 @@ async fn repeated_garbage_closes_with_invalid_payload() {
     assert_eq!(close.expect("close code").code, CloseCode::Invalid);
     assert_bystander_receives(&mut watcher, &publisher, 3).await;
 }
+
+#[tokio::test]
+async fn too_many_topics_are_rejected() {
+    let (hub, server) = server();
+    let mut peer = RawPeer::connect(&server.url()).await;
+    let topics: Vec<String> = (0..=hub.config().max_topics_per_publish)
+        .map(|n| format!("t{n}"))
+        .collect();
+    let answer = peer
+        .call("publish", json!({"topics": topics, "data": 1}), "t1")
+        .await;
+    assert_error(&answer, "too_large");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_topics_per_publish"));
+    assert_usable(&mut peer).await;
+}
+
+/// Opens a WebSocket by hand, so the test can send frames no WebSocket library would.
+async fn raw_socket(server: &TestServer) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /pubsub HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        within("upgrade answer", stream.read_exact(&mut byte))
+            .await
+            .unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// Reads server frames until a close frame and returns its code.
+async fn close_code(stream: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut header = [0u8; 2];
+        within("frame header", stream.read_exact(&mut header))
+            .await
+            .unwrap();
+        let mut len = u64::from(header[1] & 0x7f);
+        if len == 126 {
+            let mut extended = [0u8; 2];
+            stream.read_exact(&mut extended).await.unwrap();
+            len = u64::from(u16::from_be_bytes(extended));
+        } else if len == 127 {
+            let mut extended = [0u8; 8];
+            stream.read_exact(&mut extended).await.unwrap();
+            len = u64::from_be_bytes(extended);
+        }
+        let mut payload = vec![0u8; len as usize];
+        stream.read_exact(&mut payload).await.unwrap();
+        if header[0] & 0x0f == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007() {
+    use tokio::io::AsyncWriteExt;
+    let (_hub, server) = server();
+    let mut stream = raw_socket(&server).await;
+    let payload = [0xffu8, 0xfe, 0xfd];
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, byte)| byte ^ mask[i % 4]),
+    );
+    stream.write_all(&frame).await.unwrap();
+    assert_eq!(close_code(&mut stream).await, 1007);
+}
+
+#[tokio::test]
+async fn unmasked_frame_closes_with_1002() {
+    use tokio::io::AsyncWriteExt;
+    let (_hub, server) = server();
+    let mut stream = raw_socket(&server).await;
+    // Clients must mask every frame (RFC 6455 section 5.1).
+    stream.write_all(&[0x81, 0x02, b'{', b'}']).await.unwrap();
+    assert_eq!(close_code(&mut stream).await, 1002);
+}

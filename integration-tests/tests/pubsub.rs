@@ -175,3 +175,127 @@ async fn browser_style_subscribe_without_call_id() {
     assert_eq!(answer["response"]["call_id"], Value::Null);
     assert_eq!(answer["request"], Value::Null);
 }
+
+#[tokio::test]
+async fn pipelined_publishes_keep_order() {
+    let (_hub, server) = server();
+    let subscriber = client(&server.url()).await;
+    let mut events = subscriber.subscribe(["ordered"]).await.unwrap();
+    let mut raw = RawPeer::connect(&server.url()).await;
+    // Every frame goes out before any answer is read, as a browser sending quickly would; 200
+    // stays under the default limit of requests in flight per connection.
+    for n in 0..200 {
+        let frame = json!({
+            "request": {"method": "publish", "arguments": {"topics": ["ordered"], "data": n}, "call_id": format!("p{n}")},
+            "response": null,
+        });
+        raw.send_text(&frame.to_string()).await;
+    }
+    for expected in 0..200 {
+        let event = within("ordered event", events.next()).await.unwrap();
+        assert_eq!(event.decode::<i64>().unwrap(), expected);
+    }
+    for n in 0..200 {
+        let answer = raw.response_for(&format!("p{n}")).await;
+        assert_eq!(answer["result"], true, "publish {n}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn pipelined_unsubscribe_then_subscribe_ends_subscribed() {
+    let (hub, server) = server();
+    let mut raw = RawPeer::connect(&server.url()).await;
+    let answer = raw.call("subscribe", json!({"topics": ["u"]}), "s0").await;
+    assert_eq!(answer["result"], true);
+    for round in 0..50 {
+        let unsubscribe = json!({"request": {"method": "unsubscribe", "arguments": {"topics": ["u"]}, "call_id": format!("u{round}")}, "response": null});
+        let subscribe = json!({"request": {"method": "subscribe", "arguments": {"topics": ["u"]}, "call_id": format!("s{round}")}, "response": null});
+        raw.send_text(&unsubscribe.to_string()).await;
+        raw.send_text(&subscribe.to_string()).await;
+        let answer = raw.response_for(&format!("s{round}")).await;
+        assert_eq!(answer["result"], true);
+        assert_eq!(
+            hub.subscriber_count("u"),
+            1,
+            "round {round} ended unsubscribed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dropped_then_new_subscription_receives() {
+    let (_hub, server) = server();
+    let subscriber = client(&server.url()).await;
+    let publisher = client(&server.url()).await;
+    for round in 0..50 {
+        let events = subscriber.subscribe(["x"]).await.unwrap();
+        drop(events);
+        let mut again = subscriber.subscribe(["x"]).await.unwrap();
+        publisher.publish(["x"], &round).await.unwrap();
+        let event = within("event after resubscribe", again.next())
+            .await
+            .unwrap();
+        assert_eq!(event.decode::<i32>().unwrap(), round, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn repeated_topics_deliver_once() {
+    let (_hub, server) = server();
+    let subscriber = client(&server.url()).await;
+    let mut events = subscriber.subscribe(["a"]).await.unwrap();
+    let mut raw = RawPeer::connect(&server.url()).await;
+    let topics = vec!["a"; 10_000];
+    let answer = raw
+        .call("publish", json!({"topics": topics, "data": "once"}), "r1")
+        .await;
+    assert_eq!(answer["result"], true);
+    let publisher = client(&server.url()).await;
+    publisher.publish(["a"], &"marker").await.unwrap();
+    assert_eq!(
+        within("event", events.next())
+            .await
+            .unwrap()
+            .decode::<String>()
+            .unwrap(),
+        "once"
+    );
+    assert_eq!(
+        within("marker", events.next())
+            .await
+            .unwrap()
+            .decode::<String>()
+            .unwrap(),
+        "marker"
+    );
+}
+
+#[tokio::test]
+async fn close_all_sends_going_away() {
+    init_tracing();
+    let hub = Hub::new();
+    let layer = PubSubLayer::new(hub.clone());
+    let endpoint = layer.endpoint().clone();
+    let server = TestServer::start(layer);
+    let mut raw = RawPeer::connect(&server.url()).await;
+    assert_usable_ping(&mut raw).await;
+    assert_eq!(endpoint.connection_count(), 1);
+    endpoint.close_all(tidings::transport::CloseReason::new(
+        1001,
+        "server shutting down",
+    ));
+    let close = loop {
+        match within("close frame", raw.ws.next()).await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.expect("close code").code), 1001);
+    eventually("connection removed", || endpoint.connection_count() == 0).await;
+}
+
+async fn assert_usable_ping(raw: &mut RawPeer) {
+    let answer = raw.call("_ping_", json!({}), "ping").await;
+    assert_eq!(answer["result"], "pong");
+}

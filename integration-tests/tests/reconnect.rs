@@ -146,3 +146,28 @@ async fn invalid_url_fails_connect() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn silent_server_times_out_connect() {
+    init_tracing();
+    // Accepts TCP connections and never answers the upgrade.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let error = within(
+        "connect",
+        Client::builder(format!("ws://{addr}/pubsub"))
+            .connect_timeout(Duration::from_millis(200))
+            .connect(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, ConnectError::TimedOut(_)), "{error:?}");
+    assert!(error.is_retryable());
+    holder.abort();
+}

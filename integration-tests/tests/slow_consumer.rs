@@ -104,3 +104,43 @@ async fn stalled_subscriber_is_closed_and_others_keep_up() {
     }
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_that_stops_is_closed_by_send_timeout() {
+    init_tracing();
+    let hub = Hub::new();
+    // A queue cap far above what is published, so only the blocked send can close the peer.
+    let config = ConnectionConfig::default()
+        .max_queued_bytes(256 * 1024 * 1024)
+        .keepalive(
+            Some(std::time::Duration::from_millis(300)),
+            std::time::Duration::from_millis(300),
+        );
+    let server = TestServer::start(PubSubLayer::new(hub.clone()).config(config));
+
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (mut stalled, _) = tokio_tungstenite::client_async(server.url(), stream)
+        .await
+        .unwrap();
+    stalled
+        .send(Message::Text(
+            r#"{"request":{"method":"subscribe","arguments":{"topics":["big"]},"call_id":"s"},"response":null}"#.into(),
+        ))
+        .await
+        .unwrap();
+    let answer = within("subscribe answer", stalled.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.to_text().unwrap().contains("true"));
+
+    // Enough data to fill both kernel buffers, so the server's send blocks.
+    let pad = "x".repeat(256 * 1024);
+    for n in 0..64 {
+        hub.publish(["big"], &(n, &pad)).await.unwrap();
+    }
+    eventually("stalled reader closed", || hub.subscriber_count("big") == 0).await;
+    drop(stalled);
+}

@@ -55,6 +55,8 @@ struct WsStream<S> {
 fn io_error(error: WsError) -> TransportError {
     match error {
         WsError::ConnectionClosed | WsError::AlreadyClosed => TransportError::Closed(None),
+        WsError::Utf8(_) => TransportError::InvalidUtf8,
+        WsError::Protocol(violation) => TransportError::Protocol(violation.to_string()),
         other => TransportError::Io(Box::new(other)),
     }
 }
@@ -81,12 +83,13 @@ where
     }
 
     async fn close(&mut self, reason: CloseReason) -> Result<(), TransportError> {
-        let frame = CloseFrame {
+        // Reserved codes describe a broken connection and must not appear on the wire.
+        let frame = (!CloseReason::is_reserved(reason.code)).then(|| CloseFrame {
             code: reason.code.into(),
             reason: reason.reason.into(),
-        };
+        });
         // The peer may already be gone; the close frame is then simply not delivered.
-        let sent = self.0.send(Message::Close(Some(frame))).await;
+        let sent = self.0.send(Message::Close(frame)).await;
         let _ = self.0.close().await;
         sent.map_err(io_error)
     }

@@ -1,6 +1,6 @@
 //! The server side of one pub/sub connection: `subscribe`, `unsubscribe`, `publish`, `ping`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -60,6 +60,7 @@ pub struct Endpoint {
     config: ConnectionConfig,
     topic_authorizer: Option<Arc<dyn TopicAuthorizer>>,
     on_connect: Option<OnConnect>,
+    connections: Arc<Mutex<HashMap<SubscriberKey, RpcChannel>>>,
 }
 
 type OnConnect = Arc<dyn Fn(RpcChannel) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -88,14 +89,13 @@ struct PublishArgs {
     topics: Vec<String>,
     #[serde(default)]
     data: Option<Box<RawValue>>,
-    #[serde(default = "default_sync")]
-    sync: bool,
+    // Accepted for compatibility and not acted on: every publish is answered after the
+    // publication was delivered locally and handed to the backbone, so that publications of
+    // one connection cannot overtake each other.
+    #[serde(default, rename = "sync")]
+    _sync: Option<bool>,
     #[serde(default)]
     notifier_id: Option<String>,
-}
-
-fn default_sync() -> bool {
-    true
 }
 
 /// Subscriptions of one connection.
@@ -182,7 +182,12 @@ impl Session {
         Ok(true)
     }
 
-    async fn publish(&self, ctx: CallContext, args: PublishArgs) -> Result<bool, RpcError> {
+    async fn publish(&self, ctx: CallContext, mut args: PublishArgs) -> Result<bool, RpcError> {
+        args.topics = self
+            .hub
+            .inner
+            .distinct_topics(args.topics)
+            .map_err(|error| error.to_rpc_error())?;
         self.check(&ctx, TopicAction::Publish, &args.topics).await?;
         let data = args.data.map_or_else(
             || Bytes::from_static(b"null"),
@@ -192,21 +197,10 @@ impl Session {
         let exclude = args
             .notifier_id
             .unwrap_or_else(|| ctx.channel().id().to_owned());
-        if args.sync {
-            self.hub
-                .publish_encoded(args.topics, data, Some(&exclude))
-                .await
-                .map_err(|error| error.to_rpc_error())?;
-        } else {
-            let hub = self.hub.clone();
-            tokio::spawn(
-                async move {
-                    // publish_encoded logs backbone failures itself.
-                    let _ = hub.publish_encoded(args.topics, data, Some(&exclude)).await;
-                }
-                .in_current_span(),
-            );
-        }
+        self.hub
+            .publish_encoded(args.topics, data, Some(&exclude))
+            .await
+            .map_err(|error| error.to_rpc_error())?;
         Ok(true)
     }
 }
@@ -220,6 +214,27 @@ impl Endpoint {
             config: ConnectionConfig::default(),
             topic_authorizer: None,
             on_connect: None,
+            connections: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<SubscriberKey, RpcChannel>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Returns the number of connections this endpoint is serving.
+    pub fn connection_count(&self) -> usize {
+        self.connections().len()
+    }
+
+    /// Starts closing every connection with `reason`, for example
+    /// [`CloseReason::GOING_AWAY`] on shutdown. [`Endpoint::serve`] returns for each once it
+    /// has closed.
+    pub fn close_all(&self, reason: CloseReason) {
+        for channel in self.connections().values() {
+            channel.close(reason.clone());
         }
     }
 
@@ -281,10 +296,13 @@ impl Endpoint {
             span.clone(),
             conn_id,
         );
+        self.connections()
+            .insert(session.key, connection.channel().clone());
         if let Some(on_connect) = &self.on_connect {
             tokio::spawn(on_connect(connection.channel().clone()).instrument(span.clone()));
         }
         let reason = connection.wait().await;
+        self.connections().remove(&session.key);
         let topics: Vec<String> = session.topics().drain().collect();
         if !topics.is_empty() {
             self.hub.remove(session.key, &topics).instrument(span).await;
@@ -298,15 +316,15 @@ fn pubsub_methods(session: &Arc<Session>) -> Methods {
     let unsubscribe = Arc::clone(session);
     let publish = Arc::clone(session);
     Methods::new()
-        .method("subscribe", move |args: TopicsArgs, ctx: CallContext| {
+        .ordered_method("subscribe", move |args: TopicsArgs, ctx: CallContext| {
             let session = Arc::clone(&subscribe);
             async move { session.subscribe(ctx, args.topics).await }
         })
-        .method("unsubscribe", move |args: TopicsArgs, _ctx: CallContext| {
+        .ordered_method("unsubscribe", move |args: TopicsArgs, _ctx: CallContext| {
             let session = Arc::clone(&unsubscribe);
             async move { session.unsubscribe(args.topics).await }
         })
-        .method("publish", move |args: PublishArgs, ctx: CallContext| {
+        .ordered_method("publish", move |args: PublishArgs, ctx: CallContext| {
             let session = Arc::clone(&publish);
             async move { session.publish(ctx, args).await }
         })

@@ -38,6 +38,8 @@ pub struct HubConfig {
     /// Capacity, in events, of each server-side [`Subscription`] (default 1024). Events beyond
     /// it are dropped, counted and logged.
     pub subscription_capacity: usize,
+    /// Maximum number of distinct topics in one publication (default 64).
+    pub max_topics_per_publish: usize,
 }
 
 impl Default for HubConfig {
@@ -46,6 +48,7 @@ impl Default for HubConfig {
             max_topic_len: 256,
             max_subscriptions_per_connection: 1024,
             subscription_capacity: 1024,
+            max_topics_per_publish: 64,
         }
     }
 }
@@ -293,6 +296,7 @@ impl Hub {
         data: Bytes,
         exclude: Option<&str>,
     ) -> Result<(), PubSubError> {
+        let topics = self.inner.distinct_topics(topics)?;
         for topic in &topics {
             self.inner.validate_topic(topic)?;
         }
@@ -402,6 +406,23 @@ impl HubInner {
 
     fn next_key(&self) -> SubscriberKey {
         self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Removes repeated topics, keeping the first of each, and enforces
+    /// [`HubConfig::max_topics_per_publish`].
+    fn distinct_topics(&self, mut topics: Vec<String>) -> Result<Vec<String>, PubSubError> {
+        let max = self.config.max_topics_per_publish;
+        let mut seen = std::collections::HashSet::with_capacity(topics.len().min(max + 1));
+        let mut count = 0usize;
+        topics.retain(|topic| {
+            let fresh = seen.insert(topic.clone());
+            count += usize::from(fresh);
+            fresh && count <= max
+        });
+        if count > max {
+            return Err(PubSubError::TooManyTopics { count, max });
+        }
+        Ok(topics)
     }
 
     fn validate_topic(&self, topic: &str) -> Result<(), PubSubError> {

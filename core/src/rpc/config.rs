@@ -23,7 +23,8 @@ pub struct ConnectionConfig {
     /// Maximum number of incoming requests handled at once (default 256). Requests beyond it
     /// are answered with `too_many_requests`.
     pub max_in_flight: usize,
-    /// Byte cap of the outbound queue (default 1 MiB).
+    /// Byte cap of the outbound queue (default 4 MiB). It is larger than the frame limit, so
+    /// a few large publications in a burst do not close a subscriber that keeps reading.
     pub max_queued_bytes: usize,
     /// What to do when the outbound queue passes its cap.
     pub overflow_policy: OverflowPolicy,
@@ -44,7 +45,7 @@ impl Default for ConnectionConfig {
         Self {
             max_frame_size: 1024 * 1024,
             max_in_flight: 256,
-            max_queued_bytes: 1024 * 1024,
+            max_queued_bytes: 4 * 1024 * 1024,
             overflow_policy: OverflowPolicy::Close,
             call_timeout: Duration::from_secs(30),
             keepalive_interval: Some(Duration::from_secs(20)),

@@ -80,7 +80,11 @@ pub(crate) fn spawn_connection_with_id(
     span: tracing::Span,
     id: String,
 ) -> Connection {
-    let (outbound, rx) = Outbound::new(config.max_queued_bytes, config.overflow_policy);
+    let (outbound, rx) = Outbound::new(
+        config.max_queued_bytes,
+        config.overflow_policy,
+        span.clone(),
+    );
     let (closed, _) = watch::channel(None);
     let shared = Arc::new(Shared {
         id,
@@ -93,6 +97,8 @@ pub(crate) fn spawn_connection_with_id(
         config,
         closed,
         span: span.clone(),
+        ordered: std::sync::OnceLock::new(),
+        rejected_busy: AtomicU64::new(0),
     });
     let channel = RpcChannel {
         shared: Arc::clone(&shared),
@@ -191,16 +197,36 @@ async fn read_loop(
             Some(Err(TransportError::Closed(reason))) => {
                 return reason.unwrap_or_else(|| CloseReason::new(1005, "closed by peer"));
             }
+            Some(Err(TransportError::InvalidUtf8)) => {
+                tracing::debug!("text frame with invalid UTF-8");
+                return CloseReason::new(
+                    CloseReason::INVALID_PAYLOAD,
+                    "text frame is not valid UTF-8",
+                );
+            }
+            Some(Err(TransportError::Protocol(violation))) => {
+                tracing::debug!(
+                    violation = violation.as_str(),
+                    "WebSocket protocol violation"
+                );
+                return CloseReason::new(
+                    CloseReason::PROTOCOL_ERROR,
+                    format!("protocol error: {violation}"),
+                );
+            }
             Some(Err(error)) => {
                 tracing::debug!(error = %error, "transport read failed");
-                return CloseReason::new(1006, "transport failed");
+                return CloseReason::new(CloseReason::ABNORMAL, "transport failed");
             }
         };
 
         match protocol::decode_frame(&payload) {
             Ok(frame) => {
-                invalid_in_a_row = 0;
                 let empty = frame.request.is_none() && frame.response.is_none();
+                // An empty frame proves nothing, so it does not reset the count of bad ones.
+                if !empty {
+                    invalid_in_a_row = 0;
+                }
                 // A frame may carry both parts; the request is handled first.
                 if let Some(request) = frame.request {
                     dispatch_request(channel, request);
@@ -291,46 +317,101 @@ fn dispatch_request(channel: &RpcChannel, request: IncomingRequest) {
         return;
     };
     let context = CallContext::new(channel.clone());
+    let ordered = matches!(handler, Handler::Ordered(_));
     match handler {
         Handler::Inline(handler) => {
             let result = catch_panic(|| handler(raw_arguments, &context));
             respond(channel, call_id.as_deref(), result);
         }
-        Handler::Async(handler) => {
+        Handler::Async(handler) | Handler::Ordered(handler) => {
             let Ok(permit) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
-                let limit = shared.config.max_in_flight;
-                tracing::warn!(
-                    method = method.as_str(),
-                    call_id = call_id.as_deref(),
-                    limit,
-                    "too many requests in flight"
-                );
-                let error = RpcError::new(
-                    ErrorCode::TooManyRequests,
-                    format!("more than {limit} requests in flight on this connection; raise ConnectionConfig::max_in_flight"),
-                );
-                respond(channel, call_id.as_deref(), Err(error));
+                reject_busy(channel, &method, call_id.as_deref());
                 return;
             };
-            let future = catch_panic(|| Ok(handler(raw_arguments, context)));
-            let channel = channel.clone();
-            tokio::spawn(
-                async move {
-                    let result = match future {
-                        Ok(future) => CatchUnwind(future).await,
-                        Err(error) => Err(error),
-                    };
-                    drop(permit);
-                    if let Err(error) = &result {
-                        if error.code == ErrorCode::InternalError {
-                            tracing::warn!(method = method.as_str(), call_id = call_id.as_deref(), error = %error, "method failed");
-                        }
-                    }
-                    respond(&channel, call_id.as_deref(), result);
-                }
-                .in_current_span(),
-            );
+            let job = Job {
+                future: catch_panic(|| Ok(handler(raw_arguments, context))),
+                channel: channel.clone(),
+                method,
+                call_id,
+                permit,
+            };
+            if ordered {
+                shared.ordered_queue().send(job);
+            } else {
+                tokio::spawn(job.run().in_current_span());
+            }
         }
+    }
+}
+
+fn reject_busy(channel: &RpcChannel, method: &str, call_id: Option<&str>) {
+    let shared = &*channel.shared;
+    let limit = shared.config.max_in_flight;
+    let rejected = shared.rejected_busy.fetch_add(1, Ordering::Relaxed) + 1;
+    // A flooding peer would otherwise produce one warning per request.
+    if rejected.is_power_of_two() {
+        tracing::warn!(
+            method,
+            call_id,
+            limit,
+            rejected,
+            "too many requests in flight"
+        );
+    }
+    let error = RpcError::new(
+        ErrorCode::TooManyRequests,
+        format!("more than {limit} requests in flight on this connection; raise ConnectionConfig::max_in_flight"),
+    );
+    respond(channel, call_id, Err(error));
+}
+
+/// One accepted request whose handler runs asynchronously.
+pub(crate) struct Job {
+    future: Result<super::BoxFuture<'static, HandlerResult>, RpcError>,
+    channel: RpcChannel,
+    method: String,
+    call_id: Option<String>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Job {
+    async fn run(self) {
+        let result = match self.future {
+            Ok(future) => CatchUnwind(future).await,
+            Err(error) => Err(error),
+        };
+        drop(self.permit);
+        if let Err(error) = &result {
+            if error.code == ErrorCode::InternalError {
+                tracing::warn!(method = self.method.as_str(), call_id = self.call_id.as_deref(), error = %error, "method failed");
+            }
+        }
+        respond(&self.channel, self.call_id.as_deref(), result);
+    }
+}
+
+/// The queue of a connection's ordered requests, drained by one task started on first use.
+pub(crate) struct OrderedQueue {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl OrderedQueue {
+    pub(crate) fn start(span: &tracing::Span) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        tokio::spawn(
+            async move {
+                while let Some(job) = rx.recv().await {
+                    job.run().await;
+                }
+            }
+            .instrument(span.clone()),
+        );
+        Self { tx }
+    }
+
+    fn send(&self, job: Job) {
+        // The task ends only when this sender is dropped, so sending cannot fail here.
+        let _ = self.tx.send(job);
     }
 }
 
@@ -427,9 +508,17 @@ async fn write_loop(
             Step::Close(reason) => break reason,
             Step::Send => {
                 let bytes: usize = batch.iter().map(Bytes::len).sum();
+                // A peer that stopped reading blocks the send; keep-alive cannot see it, because
+                // pings queue behind the blocked frames, so the send itself has a time limit.
+                let send_limit =
+                    keepalive.map(|interval| interval + shared.config.keepalive_timeout);
                 let sent = tokio::select! {
                     biased;
                     reason = shared.outbound.closing() => Err(reason),
+                    _ = sleep_or_never(send_limit) => {
+                        tracing::debug!(queued_bytes = shared.outbound.queued_bytes(), "send timed out; peer stopped reading");
+                        Err(CloseReason::new(CloseReason::INTERNAL_ERROR, "send timed out: peer stopped reading"))
+                    }
                     sent = sink.send_batch(&mut batch) => Ok(sent),
                 };
                 batch.clear();
@@ -438,7 +527,7 @@ async fn write_loop(
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => {
                         tracing::debug!(error = %error, "transport write failed");
-                        break CloseReason::new(1006, "transport failed");
+                        break CloseReason::new(CloseReason::ABNORMAL, "transport failed");
                     }
                     Err(reason) => break reason,
                 }
@@ -450,11 +539,11 @@ async fn write_loop(
                         silence_ms = clock.silence().as_millis() as u64,
                         "keep-alive timed out"
                     );
-                    break CloseReason::new(1011, "keep-alive timed out");
+                    break CloseReason::new(CloseReason::INTERNAL_ERROR, "keep-alive timed out");
                 }
                 if let Err(error) = sink.ping().await {
                     tracing::debug!(error = %error, "keep-alive ping failed");
-                    break CloseReason::new(1006, "transport failed");
+                    break CloseReason::new(CloseReason::ABNORMAL, "transport failed");
                 }
             }
         }
@@ -468,6 +557,13 @@ enum Step {
     Close(CloseReason),
     Send,
     Ping,
+}
+
+async fn sleep_or_never(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn tick(ticker: &mut Option<tokio::time::Interval>) {

@@ -86,8 +86,31 @@ pub(crate) type HandlerResult = Result<Box<RawValue>, RpcError>;
 
 #[derive(Clone)]
 pub(crate) enum Handler {
+    /// Runs on its own task, concurrently with other requests.
     Async(AsyncHandler),
+    /// Runs on the connection's ordered task, one at a time in arrival order.
+    Ordered(AsyncHandler),
+    /// Runs on the reader task.
     Inline(InlineHandler),
+}
+
+fn erase_async<A, R, F, Fut>(handler: F) -> AsyncHandler
+where
+    A: DeserializeOwned + Send + 'static,
+    R: Serialize + 'static,
+    F: Fn(A, CallContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    Arc::new(move |raw: &str, ctx: CallContext| {
+        let decoded = decode_arguments::<A>(raw);
+        let handler = Arc::clone(&handler);
+        Box::pin(async move {
+            let args = decoded?;
+            let result = handler(args, ctx).await?;
+            encode_result(&result)
+        })
+    })
 }
 
 /// The methods one side of a channel serves to its peer.
@@ -155,17 +178,26 @@ impl Methods {
         F: Fn(A, CallContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
     {
-        let handler = Arc::new(handler);
-        let erased: AsyncHandler = Arc::new(move |raw: &str, ctx: CallContext| {
-            let decoded = decode_arguments::<A>(raw);
-            let handler = Arc::clone(&handler);
-            Box::pin(async move {
-                let args = decoded?;
-                let result = handler(args, ctx).await?;
-                encode_result(&result)
-            })
-        });
-        self.handlers.insert(name.into(), Handler::Async(erased));
+        self.handlers
+            .insert(name.into(), Handler::Async(erase_async(handler)));
+        self
+    }
+
+    /// Registers an async method whose calls on one connection run one at a time, in the
+    /// order they arrived, so their effects keep the order the peer sent them in.
+    ///
+    /// The pub/sub methods use this, so a publish, subscribe or unsubscribe is applied before
+    /// the next one from the same connection. Such a handler may call the peer back; only
+    /// other ordered calls of the same connection wait for it.
+    pub fn ordered_method<A, R, F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + 'static,
+        F: Fn(A, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
+    {
+        self.handlers
+            .insert(name.into(), Handler::Ordered(erase_async(handler)));
         self
     }
 

@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     config: ConnectionConfig,
     closed: watch::Sender<Option<CloseReason>>,
     span: tracing::Span,
+    ordered: std::sync::OnceLock<connection::OrderedQueue>,
+    rejected_busy: std::sync::atomic::AtomicU64,
 }
 
 /// A handle to one RPC connection. Cheap to clone; every clone talks to the same peer.
@@ -77,6 +79,11 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl Shared {
+    fn ordered_queue(&self) -> &connection::OrderedQueue {
+        self.ordered
+            .get_or_init(|| connection::OrderedQueue::start(&self.span))
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending
             .lock()

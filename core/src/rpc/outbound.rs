@@ -26,12 +26,16 @@ pub(crate) struct Outbound {
     dropped: AtomicU64,
     close_reason: Mutex<Option<CloseReason>>,
     shutdown: Notify,
+    // Overflows happen on the publisher's task; logging under the subscriber's span names the
+    // connection that overflowed.
+    span: tracing::Span,
 }
 
 impl Outbound {
     pub(crate) fn new(
         max_queued_bytes: usize,
         policy: OverflowPolicy,
+        span: tracing::Span,
     ) -> (Self, mpsc::UnboundedReceiver<Bytes>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let outbound = Self {
@@ -42,6 +46,7 @@ impl Outbound {
             dropped: AtomicU64::new(0),
             close_reason: Mutex::new(None),
             shutdown: Notify::new(),
+            span,
         };
         (outbound, rx)
     }
@@ -75,6 +80,7 @@ impl Outbound {
                 );
                 if self.begin_close(reason) {
                     tracing::warn!(
+                        parent: &self.span,
                         queued_bytes = queued,
                         max_queued_bytes = self.max_queued_bytes,
                         "outbound queue overflowed; closing the connection \
@@ -87,6 +93,7 @@ impl Outbound {
                 // Logging every drop would flood the log under sustained overload.
                 if dropped.is_power_of_two() {
                     tracing::warn!(
+                        parent: &self.span,
                         dropped,
                         max_queued_bytes = self.max_queued_bytes,
                         "outbound queue full; dropping frames"
@@ -150,7 +157,7 @@ mod tests {
 
     #[test]
     fn push_past_cap_closes_under_default_policy() {
-        let (outbound, _rx) = Outbound::new(10, OverflowPolicy::Close);
+        let (outbound, _rx) = Outbound::new(10, OverflowPolicy::Close, tracing::Span::none());
         assert_eq!(outbound.push(Bytes::from_static(b"12345678")), Ok(()));
         assert_eq!(
             outbound.push(Bytes::from_static(b"12345")),
@@ -163,7 +170,8 @@ mod tests {
 
     #[test]
     fn drop_policy_counts_and_keeps_open() {
-        let (outbound, _rx) = Outbound::new(10, OverflowPolicy::DropAndCount);
+        let (outbound, _rx) =
+            Outbound::new(10, OverflowPolicy::DropAndCount, tracing::Span::none());
         outbound.push(Bytes::from_static(b"12345678")).unwrap();
         assert_eq!(
             outbound.push(Bytes::from_static(b"12345")),
@@ -176,7 +184,7 @@ mod tests {
 
     #[test]
     fn oversized_frame_fits_an_empty_queue() {
-        let (outbound, _rx) = Outbound::new(4, OverflowPolicy::Close);
+        let (outbound, _rx) = Outbound::new(4, OverflowPolicy::Close, tracing::Span::none());
         assert_eq!(outbound.push(Bytes::from_static(b"123456")), Ok(()));
         outbound.sent(6);
         assert_eq!(outbound.queued_bytes(), 0);

@@ -64,6 +64,9 @@ pub enum ConnectError {
     /// The WebSocket opened but the server did not answer the first `_ping_`.
     #[error("server did not answer the first _ping_")]
     NoPong(#[source] CallError),
+    /// Opening the WebSocket took longer than the connect timeout.
+    #[error("connecting timed out after {0:?}; raise ClientBuilder::connect_timeout")]
+    TimedOut(Duration),
     /// The client was closed.
     #[error("client closed")]
     Closed,
@@ -74,7 +77,7 @@ impl ConnectError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Io(_) | Self::UnexpectedStatus { .. } | Self::NoPong(_)
+            Self::Io(_) | Self::UnexpectedStatus { .. } | Self::NoPong(_) | Self::TimedOut(_)
         )
     }
 }
@@ -160,6 +163,7 @@ pub struct ClientBuilder {
     config: ConnectionConfig,
     reconnect: ReconnectPolicy,
     event_capacity: usize,
+    connect_timeout: Duration,
 }
 
 impl ClientBuilder {
@@ -193,6 +197,12 @@ impl ClientBuilder {
         self
     }
 
+    /// Sets how long opening the WebSocket may take, TCP and upgrade included (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
     /// Connects once. Fails at once if the server is unreachable or rejects the upgrade;
     /// after that first success the client reconnects by itself.
     pub async fn connect(self) -> Result<Client, ConnectError> {
@@ -202,6 +212,7 @@ impl ClientBuilder {
             .clone()
             .merge(registry::notify_methods(&registry));
         let dialer = Dialer {
+            connect_timeout: self.connect_timeout,
             url: self.url,
             headers: self.headers,
             methods,
@@ -216,6 +227,7 @@ impl ClientBuilder {
             registry,
             shutdown: Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
+            order: tokio::sync::Mutex::new(()),
         });
         let span = tracing::debug_span!("client", url = dialer.url.as_str());
         tokio::spawn(
@@ -229,6 +241,7 @@ impl ClientBuilder {
 }
 
 struct Dialer {
+    connect_timeout: Duration,
     url: String,
     headers: Vec<(String, String)>,
     methods: Methods,
@@ -251,13 +264,15 @@ impl Dialer {
             request.headers_mut().append(name, value);
         }
         let max_frame_size = self.config.max_frame_size;
-        let (ws, _response) = tokio_tungstenite::connect_async_with_config(
+        let opening = tokio_tungstenite::connect_async_with_config(
             request,
             Some(ws_config(max_frame_size)),
             true,
-        )
-        .await
-        .map_err(|error| match error {
+        );
+        let opened = tokio::time::timeout(self.connect_timeout, opening)
+            .await
+            .map_err(|_| ConnectError::TimedOut(self.connect_timeout))?;
+        let (ws, _response) = opened.map_err(|error| match error {
             WsError::Http(response) => {
                 let status = response.status();
                 if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -300,6 +315,9 @@ impl Dialer {
 
 struct Inner {
     channel: watch::Sender<Option<RpcChannel>>,
+    // Held while a subscription change is sent to the server, and while a reconnect restores
+    // the subscriptions.
+    order: tokio::sync::Mutex<()>,
     state: watch::Sender<ClientState>,
     registry: Arc<Registry>,
     shutdown: Notify,
@@ -361,6 +379,7 @@ impl Client {
             config: ConnectionConfig::default(),
             reconnect: ReconnectPolicy::default(),
             event_capacity: 1024,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 
@@ -455,6 +474,9 @@ impl Client {
     {
         let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
         let channel = self.channel()?;
+        // Changes of the server-side subscription go out one at a time, in the order they were
+        // made, so an unsubscribe cannot overtake a later subscribe of the same topic.
+        let _order = self.inner.order.lock().await;
         let (id, rx, new_topics) = self.inner.registry.add(&topics);
         if !new_topics.is_empty() {
             let result: Result<serde_json::Value, CallError> = channel
@@ -489,9 +511,22 @@ impl Client {
         self.inner.close("closed by client");
     }
 
-    /// Removes a subscription and unsubscribes the topics no other subscription uses.
-    async fn unsubscribe(&self, id: u64) {
-        let gone = self.inner.registry.remove(id);
+    /// Removes a subscription at once and returns the topics no other subscription uses.
+    fn forget(&self, id: u64) -> Vec<String> {
+        self.inner.registry.remove(id)
+    }
+
+    /// Unsubscribes on the server the topics of `candidates` that no subscription wants by the
+    /// time the request goes out.
+    async fn release(&self, candidates: Vec<String>) {
+        if candidates.is_empty() {
+            return;
+        }
+        let _order = self.inner.order.lock().await;
+        let gone: Vec<String> = candidates
+            .into_iter()
+            .filter(|topic| !self.inner.registry.wants(topic))
+            .collect();
         if gone.is_empty() {
             return;
         }
@@ -565,6 +600,7 @@ async fn supervise(
         };
 
         let channel = connection.channel().clone();
+        let _order = inner.order.lock().await;
         let topics = inner.registry.topics();
         if !topics.is_empty() {
             let result: Result<serde_json::Value, CallError> = channel
@@ -582,6 +618,7 @@ async fn supervise(
         }
         inner.channel.send_replace(Some(channel));
         inner.state.send_replace(ClientState::Connected);
+        drop(_order);
         tracing::info!(attempts = attempt, topics = topics.len(), "reconnected");
     }
 }

@@ -84,6 +84,11 @@ impl Registry {
         gone
     }
 
+    /// Returns true when some stream wants `topic`.
+    pub(super) fn wants(&self, topic: &str) -> bool {
+        self.lock().by_topic.contains_key(topic)
+    }
+
     /// Returns every topic some stream wants.
     pub(super) fn topics(&self) -> Vec<String> {
         self.lock().by_topic.keys().cloned().collect()

@@ -63,7 +63,8 @@ impl ClientSubscription {
     /// Unsubscribes and waits until the server confirmed it.
     pub async fn unsubscribe(mut self) {
         if let Some(client) = self.client.take() {
-            client.unsubscribe(self.id).await;
+            let candidates = client.forget(self.id);
+            client.release(candidates).await;
         }
     }
 }
@@ -81,9 +82,13 @@ impl Drop for ClientSubscription {
         let Some(client) = self.client.take() else {
             return;
         };
-        let id = self.id;
+        // Events stop at once; the server is told on a task, in order with later changes.
+        let candidates = client.forget(self.id);
+        if candidates.is_empty() {
+            return;
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { client.unsubscribe(id).await });
+            runtime.spawn(async move { client.release(candidates).await });
         }
     }
 }
