@@ -2,8 +2,11 @@
 # Runs the whole test suite: unit tests, in-process tests, integration tests over real sockets
 # on 127.0.0.1 (against Redis and the real Python peers), CLI end-to-end tests and doc tests.
 #
-# Services: Redis on 127.0.0.1:6379 (started here when it is down; TIDINGS_TEST_REDIS_URL
-# points the tests elsewhere). Restart tests also start private redis-server processes.
+# Services, each started here when it is down:
+# - Redis on 127.0.0.1:6379 (TIDINGS_TEST_REDIS_URL points the tests elsewhere); the Redis
+#   restart test also starts private redis-server processes;
+# - RabbitMQ on 127.0.0.1:5672 with guest/guest (TIDINGS_TEST_AMQP_URL points the tests
+#   elsewhere); its restart test runs `rabbitmqctl stop_app` and `start_app` on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,10 +35,42 @@ ensure_redis() {
   exit 1
 }
 
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+ensure_rabbitmq() {
+  if [[ -n "${TIDINGS_TEST_AMQP_URL:-}" ]]; then
+    return
+  fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    log "installing rabbitmq-server"
+    apt-get update -qq && apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  if port_open 5672; then
+    return
+  fi
+  # A node whose application was stopped (rabbitmqctl stop_app) only needs start_app.
+  if timeout 30 rabbitmqctl -q status >/dev/null 2>&1; then
+    log "starting the RabbitMQ application"
+    rabbitmqctl -q start_app
+  else
+    log "starting RabbitMQ on 127.0.0.1:5672"
+    rabbitmq-server -detached
+  fi
+  for _ in $(seq 1 600); do
+    port_open 5672 && return
+    sleep 0.1
+  done
+  echo "error: RabbitMQ did not start on 127.0.0.1:5672 within 60 s" >&2
+  exit 1
+}
+
 if ! command -v python3 >/dev/null 2>&1; then
   echo "error: python3 is missing; the interop tests need Python 3.11 with venv and pip" >&2
   exit 1
 fi
 ensure_redis
+ensure_rabbitmq
 
 cargo test --workspace --locked "$@"

@@ -33,6 +33,7 @@
 //! |---|---|---|
 //! | `memory` | yes | `MemoryBackbone`: hubs in one process |
 //! | `redis` | no | `RedisBackbone`: Redis pub/sub, through the fred client |
+//! | `rabbitmq` | no | `RabbitMqBackbone`: RabbitMQ exchanges, through the lapin client |
 //!
 //! Choose the backbone at run time from a URL with [`backbone_from_url`].
 
@@ -47,6 +48,8 @@ pub use tidings_core::{
 };
 #[cfg(feature = "memory")]
 pub use tidings_memory::MemoryBackbone;
+#[cfg(feature = "rabbitmq")]
+pub use tidings_rabbitmq::{RabbitMqBackbone, RabbitMqConfig};
 #[cfg(feature = "redis")]
 pub use tidings_redis::{RedisBackbone, RedisConfig};
 pub use tidings_ws::{
@@ -61,6 +64,7 @@ pub use tidings_ws::{
 /// |---|---|---|
 /// | `memory://` | `MemoryBackbone`, shared by hubs of this process | `memory` |
 /// | `redis://`, `rediss://` | `RedisBackbone`; `?prefix=` sets the channel prefix, `?channel=EventNotifier` shares one channel with Python instances | `redis` |
+/// | `amqp://`, `amqps://` | `RabbitMqBackbone`; `?exchange=` sets the exchange name | `rabbitmq` |
 ///
 /// A scheme whose feature is off, or an unknown scheme, returns
 /// [`BackboneError::Config`] naming the feature to enable.
@@ -86,8 +90,14 @@ pub fn backbone_from_url(url: &str) -> Result<Arc<dyn Backbone>, BackboneError> 
         "redis" | "rediss" => Err(BackboneError::Config(
             "backbone redis:// needs the \"redis\" feature of tidings".into(),
         )),
+        #[cfg(feature = "rabbitmq")]
+        "amqp" | "amqps" => Ok(Arc::new(RabbitMqBackbone::from_url(url)?)),
+        #[cfg(not(feature = "rabbitmq"))]
+        "amqp" | "amqps" => Err(BackboneError::Config(
+            "backbone amqp:// needs the \"rabbitmq\" feature of tidings".into(),
+        )),
         other => Err(BackboneError::Config(format!(
-            "unknown backbone scheme {other:?} in {url:?}; supported schemes: memory, redis, rediss"
+            "unknown backbone scheme {other:?} in {url:?}; supported schemes: memory, redis, rediss, amqp, amqps"
         ))),
     }
 }

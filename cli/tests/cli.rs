@@ -180,9 +180,25 @@ fn serve_with(args: &[&str]) -> Server {
 fn two_servers_share_redis() {
     let redis = std::env::var("TIDINGS_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let backbone = format!("{redis}/?prefix=tidings-cli-test-{}:", std::process::id());
-    let first = serve_with(&["--backbone", &backbone]);
-    let second = serve_with(&["--backbone", &backbone]);
+    assert_servers_share(&format!(
+        "{redis}/?prefix=tidings-cli-test-{}:",
+        std::process::id()
+    ));
+}
+
+#[test]
+fn two_servers_share_rabbitmq() {
+    let amqp = std::env::var("TIDINGS_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    // A fixed name, so repeated runs reuse one pair of durable exchanges on the broker.
+    assert_servers_share(&format!("{amqp}?exchange=tidings-cli-test"));
+}
+
+/// Starts two servers on `backbone` and checks that a subscriber on one prints what is
+/// published on the other.
+fn assert_servers_share(backbone: &str) {
+    let first = serve_with(&["--backbone", backbone]);
+    let second = serve_with(&["--backbone", backbone]);
 
     let mut subscriber = Command::new(BIN)
         .args(["sub", &second.url, "news", "--count", "1"])

@@ -5,6 +5,8 @@
 //! with its own interest set. Incoming publications reach the hub through [`Inbound`].
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -115,13 +117,62 @@ pub trait Backbone: Send + Sync + 'static {
     ) -> Result<Box<dyn BackboneLink>, BackboneError>;
 }
 
+/// A publication handed to the broker client whose acceptance by the broker may still be
+/// pending; see [`BackboneLink::send`].
+#[must_use = "an acceptance reports whether the broker took the publication"]
+pub struct Acceptance(Option<Confirmation>);
+
+type Confirmation = Pin<Box<dyn Future<Output = Result<(), BackboneError>> + Send>>;
+
+impl Acceptance {
+    /// Returns an acceptance that is already complete.
+    pub fn accepted() -> Self {
+        Self(None)
+    }
+
+    /// Returns an acceptance that completes with `confirmation`.
+    pub fn pending(
+        confirmation: impl Future<Output = Result<(), BackboneError>> + Send + 'static,
+    ) -> Self {
+        Self(Some(Box::pin(confirmation)))
+    }
+
+    /// Waits until the broker accepted the publication or failed to.
+    pub async fn wait(self) -> Result<(), BackboneError> {
+        match self.0 {
+            Some(confirmation) => confirmation.await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for Acceptance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acceptance")
+            .field("pending", &self.0.is_some())
+            .finish()
+    }
+}
+
 /// One hub's handle on a backbone.
 ///
 /// Topics are exact strings, except [`crate::ALL_TOPICS`], which subscribes to every topic.
 #[async_trait]
 pub trait BackboneLink: Send + Sync + 'static {
-    /// Sends one publication to the other instances.
+    /// Sends one publication to the other instances and waits until the broker accepted it.
     async fn publish(&self, envelope: &Envelope) -> Result<(), BackboneError>;
+
+    /// Hands one publication to the broker client and returns without waiting for the broker
+    /// to accept it. Publications sent one after another reach the broker in that order, so a
+    /// caller can keep order while waiting for several acceptances at once.
+    ///
+    /// The default implementation waits in [`BackboneLink::publish`] and returns a completed
+    /// acceptance.
+    async fn send(&self, envelope: &Envelope) -> Result<Acceptance, BackboneError> {
+        self.publish(envelope)
+            .await
+            .map(|()| Acceptance::accepted())
+    }
 
     /// Adds interest in `topics`. The link keeps the interest across reconnects, even when
     /// this call fails because the broker is down.

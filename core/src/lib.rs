@@ -23,7 +23,7 @@ pub mod protocol;
 pub mod rpc;
 pub mod transport;
 
-pub use backbone::{Backbone, BackboneLink, BackboneState, Envelope, Inbound};
+pub use backbone::{Acceptance, Backbone, BackboneLink, BackboneState, Envelope, Inbound};
 pub use error::{BackboneError, CallError, ErrorCode, PubSubError, RpcError};
 pub use event::Event;
 pub use hub::{

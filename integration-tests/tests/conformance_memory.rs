@@ -9,6 +9,7 @@ use tidings::{Backbone, MemoryBackbone};
 
 struct MemoryCluster(MemoryBackbone);
 
+#[async_trait::async_trait]
 impl conformance::Cluster for MemoryCluster {
     fn backbone(&self) -> Arc<dyn Backbone> {
         Arc::new(self.0.clone())

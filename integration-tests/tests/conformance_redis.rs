@@ -25,6 +25,7 @@ impl RedisCluster {
     }
 }
 
+#[async_trait::async_trait]
 impl conformance::Cluster for RedisCluster {
     fn backbone(&self) -> Arc<dyn Backbone> {
         let config = RedisConfig::new(&self.url).layout(ChannelLayout::PerTopic {
@@ -41,6 +42,7 @@ struct RestartableRedis {
     cluster: RedisCluster,
 }
 
+#[async_trait::async_trait]
 impl conformance::Cluster for RestartableRedis {
     fn backbone(&self) -> Arc<dyn Backbone> {
         self.cluster.backbone()

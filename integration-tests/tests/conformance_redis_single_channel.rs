@@ -14,6 +14,7 @@ struct SingleChannelCluster {
     channel: String,
 }
 
+#[async_trait::async_trait]
 impl conformance::Cluster for SingleChannelCluster {
     fn backbone(&self) -> Arc<dyn Backbone> {
         let config = RedisConfig::new(shared_url()).layout(ChannelLayout::Single {

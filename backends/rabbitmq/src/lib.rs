@@ -7,7 +7,7 @@
 //! - `tidings.all`, a fanout exchange where every publication enters, with the pub/sub topic
 //!   as routing key;
 //! - `tidings`, a direct exchange bound to `tidings.all` (an exchange-to-exchange binding), so
-//!   it sees every publication and routes it by exact topic.
+//!   it receives every publication and routes it by exact topic.
 //!
 //! Each instance consumes from one exclusive, auto-delete, server-named queue. While the hub
 //! has local subscribers of a topic, the queue has a binding on `tidings` with that topic as

@@ -17,14 +17,16 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, Event,
     ExchangeKind,
 };
-use tidings_core::{BackboneError, BackboneLink, BackboneState, Envelope, Inbound, ALL_TOPICS};
+use tidings_core::{
+    Acceptance, BackboneError, BackboneLink, BackboneState, Envelope, Inbound, ALL_TOPICS,
+};
 use tokio::task::JoinHandle;
 
 use crate::config::RabbitMqConfig;
 
 const BACKBONE: &str = "rabbitmq";
 
-/// Why an AMQP operation failed.
+/// Failure of an AMQP operation.
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
     #[error(transparent)]
@@ -383,6 +385,12 @@ fn random_below(bound: u64) -> u64 {
 #[async_trait]
 impl BackboneLink for RabbitMqLink {
     async fn publish(&self, envelope: &Envelope) -> Result<(), BackboneError> {
+        self.send(envelope).await?.wait().await
+    }
+
+    /// Writes one `basic.publish` per topic in call order and returns an acceptance that
+    /// waits for their publisher confirms, so confirms of several publications overlap.
+    async fn send(&self, envelope: &Envelope) -> Result<Acceptance, BackboneError> {
         let Some(session) = self.shared.session() else {
             return Err(BackboneError::Unavailable {
                 backbone: BACKBONE,
@@ -390,6 +398,7 @@ impl BackboneLink for RabbitMqLink {
             });
         };
         let limit = self.shared.config.operation_timeout;
+        let mut confirms = Vec::with_capacity(envelope.topics.len());
         for topic in &envelope.topics {
             let single = Envelope {
                 notifier_id: envelope.notifier_id.clone(),
@@ -412,15 +421,20 @@ impl BackboneLink for RabbitMqLink {
             )
             .await
             .map_err(unavailable)?;
-            match bounded("publisher confirm", limit, confirm)
-                .await
-                .map_err(unavailable)?
-            {
-                Confirmation::Nack(_) => return Err(unavailable(LinkError::Nack)),
-                Confirmation::Ack(_) | Confirmation::NotRequested => {}
-            }
+            confirms.push(confirm);
         }
-        Ok(())
+        Ok(Acceptance::pending(async move {
+            for confirm in confirms {
+                match bounded("publisher confirm", limit, confirm)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    Confirmation::Nack(_) => return Err(unavailable(LinkError::Nack)),
+                    Confirmation::Ack(_) | Confirmation::NotRequested => {}
+                }
+            }
+            Ok(())
+        }))
     }
 
     async fn subscribe(&self, topics: &[String]) -> Result<(), BackboneError> {

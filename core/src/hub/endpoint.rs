@@ -182,7 +182,13 @@ impl Session {
         Ok(true)
     }
 
-    async fn publish(&self, ctx: CallContext, mut args: PublishArgs) -> Result<bool, RpcError> {
+    /// Delivers locally and hands the publication to the backbone in arrival order; the
+    /// returned future waits for the backbone's acceptance outside that order.
+    async fn publish(
+        &self,
+        ctx: CallContext,
+        mut args: PublishArgs,
+    ) -> Result<impl Future<Output = Result<bool, RpcError>> + Send + 'static, RpcError> {
         args.topics = self
             .hub
             .inner
@@ -197,11 +203,15 @@ impl Session {
         let exclude = args
             .notifier_id
             .unwrap_or_else(|| ctx.channel().id().to_owned());
-        self.hub
-            .publish_encoded(args.topics, data, Some(&exclude))
+        let pending = self
+            .hub
+            .start_publish(args.topics, data, Some(&exclude))
             .await
             .map_err(|error| error.to_rpc_error())?;
-        Ok(true)
+        Ok(async move {
+            pending.wait().await.map_err(|error| error.to_rpc_error())?;
+            Ok(true)
+        })
     }
 }
 
@@ -324,7 +334,7 @@ fn pubsub_methods(session: &Arc<Session>) -> Methods {
             let session = Arc::clone(&unsubscribe);
             async move { session.unsubscribe(args.topics).await }
         })
-        .ordered_method("publish", move |args: PublishArgs, ctx: CallContext| {
+        .pipelined_method("publish", move |args: PublishArgs, ctx: CallContext| {
             let session = Arc::clone(&publish);
             async move { session.publish(ctx, args).await }
         })

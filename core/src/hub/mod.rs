@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 pub use endpoint::{Endpoint, TopicAction, TopicAuthorizer};
 pub use subscription::Subscription;
 
-use crate::backbone::{Backbone, BackboneLink, BackboneState, Envelope, Inbound};
+use crate::backbone::{Acceptance, Backbone, BackboneLink, BackboneState, Envelope, Inbound};
 use crate::error::{BackboneError, PubSubError};
 use crate::event::Event;
 use crate::protocol;
@@ -296,6 +296,21 @@ impl Hub {
         data: Bytes,
         exclude: Option<&str>,
     ) -> Result<(), PubSubError> {
+        self.start_publish(topics, data, exclude)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Delivers a publication locally and hands it to the backbone, without waiting for the
+    /// broker to accept it. Publications started one after another reach other instances in
+    /// that order; [`PendingPublish::wait`] reports whether the broker accepted this one.
+    pub async fn start_publish(
+        &self,
+        topics: Vec<String>,
+        data: Bytes,
+        exclude: Option<&str>,
+    ) -> Result<PendingPublish, PubSubError> {
         let topics = self.inner.distinct_topics(topics)?;
         for topic in &topics {
             self.inner.validate_topic(topic)?;
@@ -308,17 +323,24 @@ impl Hub {
             self.inner.deliver_local(topic, &data, exclude);
         }
         let Some(link) = self.inner.link.get() else {
-            return Ok(());
+            return Ok(PendingPublish {
+                acceptance: Acceptance::accepted(),
+                backbone: self.inner.backbone_name,
+            });
         };
         let envelope = Envelope {
             notifier_id: self.inner.id.clone(),
             topics,
             data,
         };
-        link.publish(&envelope).await.map_err(|error| {
-            tracing::warn!(backbone = self.inner.backbone_name, error = %error, "backbone publish failed");
-            PubSubError::Backbone(error)
-        })
+        let backbone = self.inner.backbone_name;
+        match link.send(&envelope).await {
+            Ok(acceptance) => Ok(PendingPublish {
+                acceptance,
+                backbone,
+            }),
+            Err(error) => Err(backbone_failed(backbone, error)),
+        }
     }
 
     /// Subscribes server-side code to `topics`. The returned [`Subscription`] is a `Stream` of
@@ -561,6 +583,30 @@ impl HubInner {
         if dropped > 0 {
             self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
+    }
+}
+
+fn backbone_failed(backbone: &'static str, error: BackboneError) -> PubSubError {
+    tracing::warn!(backbone, error = %error, "backbone publish failed");
+    PubSubError::Backbone(error)
+}
+
+/// A publication delivered locally whose acceptance by the backbone may still be pending.
+#[derive(Debug)]
+#[must_use = "a pending publication reports whether other instances will receive it"]
+pub struct PendingPublish {
+    acceptance: Acceptance,
+    backbone: &'static str,
+}
+
+impl PendingPublish {
+    /// Waits until the backbone accepted the publication for other instances.
+    pub async fn wait(self) -> Result<(), PubSubError> {
+        let backbone = self.backbone;
+        self.acceptance
+            .wait()
+            .await
+            .map_err(|error| backbone_failed(backbone, error))
     }
 }
 

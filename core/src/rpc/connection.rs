@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::methods::{CallContext, Handler, HandlerResult};
+use super::methods::{CallContext, Handler, HandlerResult, Step};
 use super::outbound::Outbound;
 use super::{ConnContext, ConnectionConfig, Methods, Pending, RpcChannel, Shared};
 use crate::error::{ErrorCode, RpcError};
@@ -262,7 +262,8 @@ fn invalid_payload_reason(shared: &Shared) -> CloseReason {
     )
 }
 
-/// Answers an unreadable frame. Returns false once the connection sent too many in a row.
+/// Sends an error response for an unreadable frame. Returns false once the connection sent
+/// too many in a row.
 fn reject_frame(
     channel: &RpcChannel,
     call_id: Option<&str>,
@@ -323,13 +324,22 @@ fn dispatch_request(channel: &RpcChannel, request: IncomingRequest) {
             let result = catch_panic(|| handler(raw_arguments, &context));
             respond(channel, call_id.as_deref(), result);
         }
-        Handler::Async(handler) | Handler::Ordered(handler) => {
+        Handler::Async(_) | Handler::Ordered(_) => {
             let Ok(permit) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
                 reject_busy(channel, &method, call_id.as_deref());
                 return;
             };
+            let work = match handler {
+                Handler::Ordered(handler) => {
+                    catch_panic(|| Ok(Work::Ordered(handler(raw_arguments, context))))
+                }
+                Handler::Async(handler) => {
+                    catch_panic(|| Ok(Work::Async(handler(raw_arguments, context))))
+                }
+                Handler::Inline(_) => unreachable!("inline handlers are matched above"),
+            };
             let job = Job {
-                future: catch_panic(|| Ok(handler(raw_arguments, context))),
+                work,
                 channel: channel.clone(),
                 method,
                 call_id,
@@ -338,7 +348,7 @@ fn dispatch_request(channel: &RpcChannel, request: IncomingRequest) {
             if ordered {
                 shared.ordered_queue().send(job);
             } else {
-                tokio::spawn(job.run().in_current_span());
+                tokio::spawn(job.finish().in_current_span());
             }
         }
     }
@@ -365,9 +375,14 @@ fn reject_busy(channel: &RpcChannel, method: &str, call_id: Option<&str>) {
     respond(channel, call_id, Err(error));
 }
 
+enum Work {
+    Async(super::BoxFuture<'static, HandlerResult>),
+    Ordered(super::BoxFuture<'static, Step>),
+}
+
 /// One accepted request whose handler runs asynchronously.
 pub(crate) struct Job {
-    future: Result<super::BoxFuture<'static, HandlerResult>, RpcError>,
+    work: Result<Work, RpcError>,
     channel: RpcChannel,
     method: String,
     call_id: Option<String>,
@@ -375,9 +390,47 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    async fn run(self) {
-        let result = match self.future {
-            Ok(future) => CatchUnwind(future).await,
+    /// Runs the ordered part of an ordered job; the rest of the call continues on its own
+    /// task, so the next ordered job can start.
+    async fn run_ordered(mut self) {
+        let Ok(Work::Ordered(future)) = self.work else {
+            self.finish().await;
+            return;
+        };
+        let step = CatchUnwind(future, || {
+            Step::Done(Err(RpcError::internal("method panicked")))
+        })
+        .await;
+        match step {
+            Step::Done(result) => {
+                self.work = Ok(Work::Async(Box::pin(std::future::ready(result))));
+                self.finish().await;
+            }
+            Step::Then(rest) => {
+                self.work = Ok(Work::Async(rest));
+                tokio::spawn(self.finish().in_current_span());
+            }
+        }
+    }
+
+    /// Runs the job to its end and sends the response.
+    async fn finish(self) {
+        let result = match self.work {
+            Ok(Work::Async(future)) => {
+                CatchUnwind(future, || Err(RpcError::internal("method panicked"))).await
+            }
+            Ok(Work::Ordered(future)) => {
+                match CatchUnwind(future, || {
+                    Step::Done(Err(RpcError::internal("method panicked")))
+                })
+                .await
+                {
+                    Step::Done(result) => result,
+                    Step::Then(rest) => {
+                        CatchUnwind(rest, || Err(RpcError::internal("method panicked"))).await
+                    }
+                }
+            }
             Err(error) => Err(error),
         };
         drop(self.permit);
@@ -401,7 +454,7 @@ impl OrderedQueue {
         tokio::spawn(
             async move {
                 while let Some(job) = rx.recv().await {
-                    job.run().await;
+                    job.run_ordered().await;
                 }
             }
             .instrument(span.clone()),
@@ -447,7 +500,7 @@ fn complete_call(shared: &Shared, response: IncomingResponse) {
     let outcome = match response.error {
         Some(error) => Err(error),
         None if response.result_type.as_deref() == Some(protocol::ERROR_RESULT_TYPE) => Err(
-            RpcError::internal("peer answered with an error without details"),
+            RpcError::internal("peer responded with an error without details"),
         ),
         None => Ok(response.result.unwrap_or_else(|| RawValue::NULL.to_owned())),
     };
@@ -462,19 +515,19 @@ fn catch_panic<T>(run: impl FnOnce() -> Result<T, RpcError>) -> Result<T, RpcErr
     })
 }
 
-/// Turns a panic inside a handler future into an `internal_error` response.
-struct CatchUnwind(super::BoxFuture<'static, HandlerResult>);
+/// Turns a panic inside a handler future into the value `on_panic` returns.
+struct CatchUnwind<T>(super::BoxFuture<'static, T>, fn() -> T);
 
-impl Future for CatchUnwind {
-    type Output = HandlerResult;
+impl<T> Future for CatchUnwind<T> {
+    type Output = T;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let future = &mut self.0;
         match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
             Ok(poll) => poll,
             Err(_) => {
                 tracing::error!("method panicked");
-                Poll::Ready(Err(RpcError::internal("method panicked")))
+                Poll::Ready((self.1)())
             }
         }
     }
@@ -494,19 +547,19 @@ async fn write_loop(
     let reason = loop {
         let step = tokio::select! {
             biased;
-            reason = shared.outbound.closing() => Step::Close(reason),
+            reason = shared.outbound.closing() => WriterStep::Close(reason),
             received = rx.recv_many(&mut batch, MAX_BATCH) => {
                 if received == 0 {
-                    Step::Close(CloseReason::new(CloseReason::NORMAL, ""))
+                    WriterStep::Close(CloseReason::new(CloseReason::NORMAL, ""))
                 } else {
-                    Step::Send
+                    WriterStep::Send
                 }
             }
-            _ = tick(&mut ticker) => Step::Ping,
+            _ = tick(&mut ticker) => WriterStep::Ping,
         };
         match step {
-            Step::Close(reason) => break reason,
-            Step::Send => {
+            WriterStep::Close(reason) => break reason,
+            WriterStep::Send => {
                 let bytes: usize = batch.iter().map(Bytes::len).sum();
                 // A peer that stopped reading blocks the send; keep-alive cannot see it, because
                 // pings queue behind the blocked frames, so the send itself has a time limit.
@@ -532,7 +585,7 @@ async fn write_loop(
                     Err(reason) => break reason,
                 }
             }
-            Step::Ping => {
+            WriterStep::Ping => {
                 let limit = keepalive.unwrap_or_default() + shared.config.keepalive_timeout;
                 if clock.silence() > limit {
                     tracing::debug!(
@@ -553,7 +606,7 @@ async fn write_loop(
     let _ = tokio::time::timeout(CLOSE_FRAME_TIMEOUT, sink.close(reason)).await;
 }
 
-enum Step {
+enum WriterStep {
     Close(CloseReason),
     Send,
     Ping,

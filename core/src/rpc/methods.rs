@@ -84,12 +84,22 @@ pub(crate) type AsyncHandler =
 pub(crate) type InlineHandler = Arc<dyn Fn(&str, &CallContext) -> HandlerResult + Send + Sync>;
 pub(crate) type HandlerResult = Result<Box<RawValue>, RpcError>;
 
+/// What the ordered part of an ordered handler produced: the result, or a future that
+/// finishes the call outside the order (such as waiting for a broker's confirmation).
+pub(crate) enum Step {
+    Done(HandlerResult),
+    Then(BoxFuture<'static, HandlerResult>),
+}
+
+pub(crate) type OrderedHandler =
+    Arc<dyn Fn(&str, CallContext) -> BoxFuture<'static, Step> + Send + Sync>;
+
 #[derive(Clone)]
 pub(crate) enum Handler {
     /// Runs on its own task, concurrently with other requests.
     Async(AsyncHandler),
     /// Runs on the connection's ordered task, one at a time in arrival order.
-    Ordered(AsyncHandler),
+    Ordered(OrderedHandler),
     /// Runs on the reader task.
     Inline(InlineHandler),
 }
@@ -196,8 +206,46 @@ impl Methods {
         F: Fn(A, CallContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
     {
-        self.handlers
-            .insert(name.into(), Handler::Ordered(erase_async(handler)));
+        let handler = erase_async(handler);
+        let ordered: OrderedHandler = Arc::new(move |raw: &str, ctx: CallContext| {
+            let future = handler(raw, ctx);
+            Box::pin(async move { Step::Done(future.await) })
+        });
+        self.handlers.insert(name.into(), Handler::Ordered(ordered));
+        self
+    }
+
+    /// Registers an ordered method in two parts: `handler` runs in arrival order like
+    /// [`Methods::ordered_method`] and returns a future that completes the call without
+    /// holding up the next ordered call.
+    pub(crate) fn pipelined_method<A, R, F, Fut, Rest>(
+        mut self,
+        name: impl Into<String>,
+        handler: F,
+    ) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + 'static,
+        F: Fn(A, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Rest, RpcError>> + Send + 'static,
+        Rest: Future<Output = Result<R, RpcError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let ordered: OrderedHandler = Arc::new(move |raw: &str, ctx: CallContext| {
+            let decoded = decode_arguments::<A>(raw);
+            let handler = Arc::clone(&handler);
+            Box::pin(async move {
+                let args = match decoded {
+                    Ok(args) => args,
+                    Err(error) => return Step::Done(Err(error)),
+                };
+                match handler(args, ctx).await {
+                    Ok(rest) => Step::Then(Box::pin(async move { encode_result(&rest.await?) })),
+                    Err(error) => Step::Done(Err(error)),
+                }
+            })
+        });
+        self.handlers.insert(name.into(), Handler::Ordered(ordered));
         self
     }
 

@@ -23,6 +23,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tower::Layer;
 
 pub mod python;
+pub mod rabbitmq;
 pub mod redis;
 
 /// Returns a number unique within this test process.

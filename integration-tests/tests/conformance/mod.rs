@@ -17,9 +17,13 @@ use tidings::{Backbone, BackboneState, Client, ClientSubscription, Hub, PubSubLa
 use crate::common::{self, eventually, within, TestServer};
 
 /// Makes backbone handles that share one medium, one per server instance.
+#[async_trait::async_trait]
 pub trait Cluster: Send + Sync {
     /// Returns the backbone for one more instance of this cluster.
     fn backbone(&self) -> Arc<dyn Backbone>;
+
+    /// Removes what the test left on the broker, such as exchanges.
+    async fn cleanup(&self) {}
 }
 
 /// A broker the restart case can stop and start again.
@@ -277,6 +281,29 @@ async fn wait_state(hub: &Hub, what: &str, accept: impl Fn(&BackboneState) -> bo
 
 pub async fn survives_broker_restart(cluster: &mut dyn Restartable) {
     let instances = instances(cluster, 2).await;
+
+    // Steady local load on the first instance for the whole test: every publication must
+    // reach the local subscriber, broker or not.
+    let load_client = instances[0].client().await;
+    let mut load_events = load_client
+        .subscribe(["load"])
+        .await
+        .expect("subscribe load");
+    let load_hub = instances[0].hub.clone();
+    let (stop_load, mut load_stopped) = tokio::sync::oneshot::channel::<()>();
+    let load = tokio::spawn(async move {
+        let mut published = 0u64;
+        loop {
+            // The backbone may refuse while the broker is down; local delivery happens first.
+            let _ = load_hub.publish(["load"], &published).await;
+            published += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                _ = &mut load_stopped => return published,
+            }
+        }
+    });
+
     let remote = instances[1].client().await;
     let mut remote_events = remote.subscribe(["r"]).await.expect("subscribe remote");
     let local = instances[0].client().await;
@@ -353,6 +380,15 @@ pub async fn survives_broker_restart(cluster: &mut dyn Restartable) {
         instances[1].hub.subscriber_count("r") == 1
     })
     .await;
+
+    let _ = stop_load.send(());
+    let published = load.await.expect("load task");
+    for expected in 0..published {
+        assert_eq!(
+            next_data(&mut load_events, "local load event").await,
+            json!(expected)
+        );
+    }
 }
 
 /// Expands one `#[tokio::test]` per conformance case, each with a fresh cluster from `$make`.
@@ -374,6 +410,7 @@ macro_rules! conformance_tests {
             $crate::common::init_tracing();
             let cluster = $make;
             $crate::conformance::$case(&cluster).await;
+            $crate::conformance::Cluster::cleanup(&cluster).await;
         }
     };
 }
