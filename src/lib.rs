@@ -34,6 +34,7 @@
 //! | `memory` | yes | `MemoryBackbone`: hubs in one process |
 //! | `redis` | no | `RedisBackbone`: Redis pub/sub, through the fred client |
 //! | `rabbitmq` | no | `RabbitMqBackbone`: RabbitMQ exchanges, through the lapin client |
+//! | `kafka` | no | `KafkaBackbone`: one Kafka topic, through rdkafka (bundled librdkafka) |
 //!
 //! Choose the backbone at run time from a URL with [`backbone_from_url`].
 
@@ -46,6 +47,8 @@ pub use tidings_core::{
     OverflowPolicy, PubSubError, RpcChannel, RpcError, Subscription, TopicAction, TopicAuthorizer,
     ALL_TOPICS,
 };
+#[cfg(feature = "kafka")]
+pub use tidings_kafka::{KafkaBackbone, KafkaConfig};
 #[cfg(feature = "memory")]
 pub use tidings_memory::MemoryBackbone;
 #[cfg(feature = "rabbitmq")]
@@ -65,6 +68,7 @@ pub use tidings_ws::{
 /// | `memory://` | `MemoryBackbone`, shared by hubs of this process | `memory` |
 /// | `redis://`, `rediss://` | `RedisBackbone`; `?prefix=` sets the channel prefix, `?channel=EventNotifier` shares one channel with Python instances | `redis` |
 /// | `amqp://`, `amqps://` | `RabbitMqBackbone`; `?exchange=` sets the exchange name | `rabbitmq` |
+/// | `kafka://host:9092,host2:9092` | `KafkaBackbone`; `?topic=` sets the Kafka topic, other parameters are librdkafka settings | `kafka` |
 ///
 /// A scheme whose feature is off, or an unknown scheme, returns
 /// [`BackboneError::Config`] naming the feature to enable.
@@ -96,8 +100,14 @@ pub fn backbone_from_url(url: &str) -> Result<Arc<dyn Backbone>, BackboneError> 
         "amqp" | "amqps" => Err(BackboneError::Config(
             "backbone amqp:// needs the \"rabbitmq\" feature of tidings".into(),
         )),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(Arc::new(KafkaBackbone::from_url(url)?)),
+        #[cfg(not(feature = "kafka"))]
+        "kafka" => Err(BackboneError::Config(
+            "backbone kafka:// needs the \"kafka\" feature of tidings".into(),
+        )),
         other => Err(BackboneError::Config(format!(
-            "unknown backbone scheme {other:?} in {url:?}; supported schemes: memory, redis, rediss, amqp, amqps"
+            "unknown backbone scheme {other:?} in {url:?}; supported schemes: memory, redis, rediss, amqp, amqps, kafka"
         ))),
     }
 }

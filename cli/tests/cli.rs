@@ -194,6 +194,13 @@ fn two_servers_share_rabbitmq() {
     assert_servers_share(&format!("{amqp}?exchange=tidings-cli-test"));
 }
 
+#[test]
+fn two_servers_share_kafka() {
+    let brokers =
+        std::env::var("TIDINGS_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    assert_servers_share(&format!("kafka://{brokers}/?topic=tidings-cli-test"));
+}
+
 /// Starts two servers on `backbone` and checks that a subscriber on one prints what is
 /// published on the other.
 fn assert_servers_share(backbone: &str) {

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tower::Layer;
 
+pub mod kafka;
 pub mod python;
 pub mod rabbitmq;
 pub mod redis;

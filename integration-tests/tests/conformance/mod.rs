@@ -260,14 +260,20 @@ pub async fn all_topics_across_instances(cluster: &dyn Cluster) {
 
     publisher.publish(["x"], &1).await.expect("publish");
     publisher.publish(["y"], &2).await.expect("publish");
-    let first = within("ALL_TOPICS event", everything.next())
-        .await
-        .expect("open");
-    assert_eq!(first.topic(), "x");
-    let second = within("ALL_TOPICS event", everything.next())
-        .await
-        .expect("open");
-    assert_eq!(second.topic(), "y", "x was delivered twice");
+    // Order is kept per topic only, so the two topics may arrive either way round.
+    let mut topics = Vec::new();
+    for _ in 0..2 {
+        let event = within("ALL_TOPICS event", everything.next())
+            .await
+            .expect("open");
+        topics.push(event.topic().to_owned());
+    }
+    topics.sort();
+    assert_eq!(
+        topics,
+        ["x", "y"],
+        "an event was delivered twice or not at all"
+    );
     assert_eq!(next_data(&mut exact, "exact event").await, json!(1));
     assert_next_is_marker(&publisher, "x", &mut [&mut exact]).await;
 }
@@ -323,10 +329,12 @@ pub async fn survives_broker_restart(cluster: &mut dyn Restartable) {
     );
 
     cluster.stop_broker().await;
-    wait_state(&instances[0].hub, "disconnect reported", |state| {
-        matches!(state, BackboneState::Disconnected { .. })
-    })
-    .await;
+    for instance in &instances {
+        wait_state(&instance.hub, "disconnect reported", |state| {
+            matches!(state, BackboneState::Disconnected { .. })
+        })
+        .await;
+    }
     // Local delivery goes on; the publish reports that other instances were not reached.
     let result = publisher.publish(["r"], &"during").await;
     assert_eq!(
@@ -364,8 +372,11 @@ pub async fn survives_broker_restart(cluster: &mut dyn Restartable) {
             tokio::time::timeout(Duration::from_millis(200), remote_events.next()).await
         {
             let data: serde_json::Value = event.decode().expect("JSON");
+            // A publication made during the outage may still arrive, if the broker client
+            // held it until the broker came back.
             assert!(
-                data.as_str().is_some_and(|text| text.starts_with("after-")),
+                data.as_str()
+                    .is_some_and(|text| text.starts_with("after-") || text == "during"),
                 "{data}"
             );
             crossed = true;
