@@ -99,14 +99,14 @@ impl RpcError {
     }
 }
 
-/// Why an outgoing call failed.
+/// Failure of an outgoing call.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallError {
-    /// The peer answered with an error response. Inspect its code to decide what to do.
+    /// The peer responded with an error. Inspect its code to decide what to do.
     #[error("remote error: {0}")]
     Remote(RpcError),
-    /// The peer did not answer within the call's timeout. The call may still run on the peer.
+    /// The peer did not respond within the call's timeout. The call may still run on the peer.
     #[error(
         "call to {method:?} timed out after {timeout:?}; raise the timeout with call_with_timeout"
     )]
@@ -116,7 +116,7 @@ pub enum CallError {
         /// The timeout that elapsed.
         timeout: std::time::Duration,
     },
-    /// The connection closed before the answer arrived. Retry once it is back.
+    /// The connection closed before the response arrived. Retry once it is back.
     #[error("connection closed before {method:?} was answered")]
     ConnectionClosed {
         /// The method that was called.
@@ -193,7 +193,7 @@ pub enum BackboneError {
     },
 }
 
-/// Why a server-side publish or subscribe failed.
+/// Failure of a server-side publish or subscribe.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PubSubError {
@@ -205,7 +205,7 @@ pub enum PubSubError {
     InvalidTopic {
         /// The rejected topic, cut to 64 characters.
         topic: String,
-        /// Why it was rejected.
+        /// The reason for the rejection.
         reason: String,
     },
     /// The per-topic authorizer rejected the operation.

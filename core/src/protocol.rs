@@ -18,7 +18,7 @@ use crate::error::{ErrorCode, RpcError};
 
 /// Name of the built-in method that returns `"pong"`.
 pub const PING_METHOD: &str = "_ping_";
-/// Name of the built-in method that returns the answering side's channel id.
+/// Name of the built-in method that returns the responding side's channel id.
 pub const GET_CHANNEL_ID_METHOD: &str = "_get_channel_id_";
 /// `result_type` written on error responses.
 pub const ERROR_RESULT_TYPE: &str = "error";
@@ -31,7 +31,7 @@ pub struct IncomingRequest {
     /// The keyword arguments: `None` when the key is absent, `Some("null")` when it is null.
     #[serde(default, deserialize_with = "present_raw")]
     pub arguments: Option<Box<RawValue>>,
-    /// The id to answer with; browsers may leave it out.
+    /// The id to respond with, which browsers may leave out.
     #[serde(default)]
     pub call_id: Option<String>,
 }
@@ -45,7 +45,7 @@ pub struct IncomingResponse {
     /// The Python type name of the result, or `"error"`.
     #[serde(default)]
     pub result_type: Option<String>,
-    /// The id of the request this answers.
+    /// The id of the request this responds to.
     #[serde(default)]
     pub call_id: Option<String>,
     /// The error extension.
@@ -71,7 +71,7 @@ where
     Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
-/// Why a frame could not be decoded.
+/// Decoding failure of a frame.
 #[derive(Debug)]
 pub struct FrameError {
     /// The call id found in the frame, so the error response reaches the right caller.

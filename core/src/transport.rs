@@ -13,7 +13,7 @@ pub enum Incoming {
     Text(Bytes),
     /// A binary frame.
     Binary(Bytes),
-    /// A keep-alive answer, or any other sign of life that carries no frame.
+    /// A keep-alive response, or any other sign of life that carries no frame.
     Pong,
 }
 
@@ -65,7 +65,7 @@ impl fmt::Display for CloseReason {
     }
 }
 
-/// Why a transport failed.
+/// Failure of a transport.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
@@ -185,7 +185,7 @@ impl FrameStream for MemoryStream {
     async fn recv(&mut self) -> Option<Result<Incoming, TransportError>> {
         match self.0.recv().await? {
             MemoryFrame::Frame(frame) => Some(Ok(Incoming::Text(frame))),
-            // The in-process peer is always alive, so a ping counts as an answered one.
+            // The in-process peer is always alive, so a ping counts as a pong.
             MemoryFrame::Ping => Some(Ok(Incoming::Pong)),
             MemoryFrame::Close(reason) => Some(Err(TransportError::Closed(Some(reason)))),
         }

@@ -25,7 +25,7 @@ use crate::config::KafkaConfig;
 const BACKBONE: &str = "kafka";
 /// How often the link checks that the broker responds to metadata requests.
 // NOTE: librdkafka 2.x clients crashed (SIGSEGV in its metadata cache) when a broker that had
-// lost its topics came back before this check dropped them; a short interval narrows that
+// lost its topics came back before this check dropped them. A short interval narrows that
 // window but cannot close it. Brokers that keep their topics across restarts are not affected.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -119,9 +119,9 @@ impl Shared {
 }
 
 /// The clients of one connected period. They are dropped when the broker becomes
-/// unreachable and built anew once it responds: a broker that lost its topics (one that keeps
-/// nothing across restarts) gives new topic ids, and librdkafka clients that cached the old
-/// ids crashed the test process when they refreshed their metadata against it.
+/// unreachable and built anew once it responds. A broker that lost its topics (one that keeps
+/// nothing across restarts) gives them new ids, and librdkafka clients that cached the old ids
+/// crashed the test process when they refreshed their metadata against it.
 struct Session {
     producer: FutureProducer,
     consumer: Arc<StreamConsumer>,

@@ -246,7 +246,7 @@ impl Hub {
         self.inner.state.borrow().clone()
     }
 
-    /// Returns a receiver that sees every backbone state change.
+    /// Returns a receiver that is notified of every backbone state change.
     pub fn watch_backbone_state(&self) -> watch::Receiver<BackboneState> {
         self.inner.state.subscribe()
     }

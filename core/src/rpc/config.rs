@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// What happens when a connection's outbound queue passes its byte cap.
+/// Action taken when a connection's outbound queue passes its byte cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OverflowPolicy {
@@ -21,12 +21,12 @@ pub struct ConnectionConfig {
     /// connection with code 1009.
     pub max_frame_size: usize,
     /// Maximum number of incoming requests handled at once (default 256). Requests beyond it
-    /// are answered with `too_many_requests`.
+    /// get a `too_many_requests` error.
     pub max_in_flight: usize,
     /// Byte cap of the outbound queue (default 4 MiB). It is larger than the frame limit, so
     /// a few large publications in a burst do not close a subscriber that keeps reading.
     pub max_queued_bytes: usize,
-    /// What to do when the outbound queue passes its cap.
+    /// Action taken when the outbound queue passes its cap.
     pub overflow_policy: OverflowPolicy,
     /// Default timeout of outgoing calls (default 30 s).
     pub call_timeout: Duration,

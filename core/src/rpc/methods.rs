@@ -17,7 +17,7 @@ use crate::error::RpcError;
 /// A boxed future, as returned by type-erased handlers.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What a connection's authorizer returned, visible to every handler on that connection.
+/// The value a connection's authorizer returned, visible to every handler on that connection.
 ///
 /// Empty when the connection was accepted without an authorizer.
 #[derive(Clone, Default)]
@@ -48,7 +48,7 @@ impl fmt::Debug for ConnContext {
     }
 }
 
-/// What a handler learns about the call it is serving.
+/// Information a handler gets about the call it is serving.
 #[derive(Clone, Debug)]
 pub struct CallContext {
     channel: RpcChannel,
@@ -84,7 +84,7 @@ pub(crate) type AsyncHandler =
 pub(crate) type InlineHandler = Arc<dyn Fn(&str, &CallContext) -> HandlerResult + Send + Sync>;
 pub(crate) type HandlerResult = Result<Box<RawValue>, RpcError>;
 
-/// What the ordered part of an ordered handler produced: the result, or a future that
+/// Outcome of the ordered part of an ordered handler: the result, or a future that
 /// finishes the call outside the order (such as waiting for a broker's confirmation).
 pub(crate) enum Step {
     Done(HandlerResult),
@@ -177,7 +177,7 @@ impl Methods {
     }
 
     /// Registers an async method. Its arguments are decoded from the request's keyword
-    /// arguments; a decoding failure answers the caller with `invalid_arguments`.
+    /// arguments; a decoding failure returns `invalid_arguments` to the caller.
     ///
     /// Handlers run concurrently with the connection's reader, so a handler may call the peer
     /// back through [`CallContext::channel`] and wait for the answer.

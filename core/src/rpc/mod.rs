@@ -66,7 +66,7 @@ impl fmt::Debug for RpcChannel {
     }
 }
 
-/// Removes a call's pending entry however the call ends: answered, timed out or dropped.
+/// Removes a call's pending entry however the call ends: completed, timed out or dropped.
 struct PendingGuard<'a> {
     shared: &'a Shared,
     key: [u8; 32],
@@ -111,7 +111,7 @@ impl RpcChannel {
     /// Calls `method` on the peer with keyword arguments `args` and the default timeout.
     ///
     /// `args` must serialize to a JSON object. Dropping the returned future cancels the call:
-    /// its pending entry is removed and a late answer is ignored.
+    /// its pending entry is removed and a late response is ignored.
     pub async fn call<R: DeserializeOwned>(
         &self,
         method: &str,
@@ -187,7 +187,7 @@ impl RpcChannel {
         }
     }
 
-    /// Returns the number of outgoing calls waiting for an answer.
+    /// Returns the number of outgoing calls waiting for a response.
     pub fn pending_calls(&self) -> usize {
         self.shared.lock_pending().calls.len()
     }

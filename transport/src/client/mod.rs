@@ -39,23 +39,23 @@ pub use subscription::{ClientSubscription, SubscriptionTask};
 use crate::ws::{ws_config, WsTransport};
 use registry::Registry;
 
-/// Why the client could not connect.
+/// Failure to connect a client.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
     /// The URL or a header is invalid. Fix the configuration; retrying cannot help.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
-    /// The server answered the upgrade with 401 or 403. The client does not retry.
+    /// The server rejected the upgrade with 401 or 403. The client does not retry.
     #[error("server rejected the connection with {status}")]
     Rejected {
-        /// The HTTP status of the answer.
+        /// The HTTP status of the response.
         status: StatusCode,
     },
-    /// The server answered the upgrade with another HTTP status.
+    /// The server responded to the upgrade with another HTTP status.
     #[error("server answered the upgrade with {status}")]
     UnexpectedStatus {
-        /// The HTTP status of the answer.
+        /// The HTTP status of the response.
         status: StatusCode,
     },
     /// The server could not be reached or the handshake failed.
@@ -106,7 +106,7 @@ pub enum ClientState {
 pub struct ReconnectPolicy {
     /// Delay before the first attempt (default 100 ms).
     pub min_delay: Duration,
-    /// Longest delay between attempts (default 10 s).
+    /// Maximum delay between attempts (default 10 s).
     pub max_delay: Duration,
     /// Attempts before giving up, or `None` to retry forever (the default).
     pub max_attempts: Option<usize>,
@@ -397,7 +397,7 @@ impl Client {
         self.inner.state.borrow().clone()
     }
 
-    /// Returns a receiver that sees every state change.
+    /// Returns a receiver that is notified of every state change.
     pub fn watch_state(&self) -> watch::Receiver<ClientState> {
         self.inner.state.subscribe()
     }

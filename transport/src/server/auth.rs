@@ -7,15 +7,15 @@ use async_trait::async_trait;
 use http::StatusCode;
 use tidings_core::ConnContext;
 
-/// Why an authorizer rejected an upgrade request. The connection is answered with the
+/// Reason an authorizer rejected an upgrade request. The request gets a response with the
 /// matching status and never upgraded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthRejection {
-    /// The request carries no valid credentials: answered with 401.
+    /// The request carries no valid credentials, so it gets 401.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
-    /// The credentials are valid but not allowed here: answered with 403.
+    /// The credentials are valid but not allowed here, so the request gets 403.
     #[error("forbidden: {0}")]
     Forbidden(String),
 }
