@@ -114,6 +114,16 @@ async fn accept(
 }
 
 pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
+    // Each connection is a file descriptor; the soft limit is often far below the hard one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if (limit as usize) < args.max_connections => tracing::warn!(
+            open_files = limit,
+            max_connections = args.max_connections,
+            "open file limit is below --max-connections; raise it with ulimit -n"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(error = %error, "could not raise the open file limit"),
+    }
     if !args.path.starts_with('/') {
         return Err(format!("--path must start with '/', got {:?}", args.path));
     }

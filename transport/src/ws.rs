@@ -13,11 +13,16 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+/// Size of each connection's read buffer. tungstenite allocates it when the connection opens,
+/// so its default (128 KiB) would dominate the memory of idle connections.
+const READ_BUFFER_SIZE: usize = 4 * 1024;
+
 /// Builds the tungstenite settings for a maximum incoming frame size.
 pub(crate) fn ws_config(max_frame_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_frame_size))
         .max_frame_size(Some(max_frame_size))
+        .read_buffer_size(READ_BUFFER_SIZE)
 }
 
 /// A WebSocket connection carrying JSON text frames.

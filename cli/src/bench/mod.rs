@@ -1,6 +1,8 @@
 //! `tidings bench`: load generators that drive a running server over loopback WebSockets.
 
 mod fanout;
+mod idle;
+mod rpc;
 
 use std::fmt;
 
@@ -14,11 +16,17 @@ pub(crate) enum BenchCommand {
     /// Publish at a steady rate to many subscribers; report deliveries per second,
     /// publish-to-deliver latency, and lost or duplicated events.
     Fanout(fanout::FanoutArgs),
+    /// Keep many calls in flight and report calls per second and round-trip latency.
+    Rpc(rpc::RpcArgs),
+    /// Hold many idle connections and report the server's memory per connection.
+    Idle(idle::IdleArgs),
 }
 
 pub(crate) async fn run(command: BenchCommand) -> Result<(), String> {
     match command {
         BenchCommand::Fanout(args) => fanout::run(args).await,
+        BenchCommand::Rpc(args) => rpc::run(args).await,
+        BenchCommand::Idle(args) => idle::run(args).await,
     }
 }
 
