@@ -66,8 +66,8 @@ pub use tidings_ws::{
 /// | scheme | backbone | feature |
 /// |---|---|---|
 /// | `memory://` | `MemoryBackbone`, shared by hubs of this process | `memory` |
-/// | `redis://`, `rediss://` | `RedisBackbone`; `?prefix=` sets the channel prefix, `?channel=EventNotifier` shares one channel with Python instances | `redis` |
-/// | `amqp://`, `amqps://` | `RabbitMqBackbone`; `?exchange=` sets the exchange name | `rabbitmq` |
+/// | `redis://` | `RedisBackbone`; `?prefix=` sets the channel prefix, `?channel=EventNotifier` shares one channel with Python instances | `redis` |
+/// | `amqp://`, `amqps://` (with the `tls` feature of tidings-rabbitmq) | `RabbitMqBackbone`; `?exchange=` sets the exchange name | `rabbitmq` |
 /// | `kafka://host:9092,host2:9092` | `KafkaBackbone`; `?topic=` sets the Kafka topic, other parameters are librdkafka settings | `kafka` |
 ///
 /// A scheme whose feature is off, or an unknown scheme, returns

@@ -100,6 +100,16 @@ impl tower::Service<Request<Incoming>> for Fallback {
     }
 }
 
+/// Hides the password of a URL such as `amqp://user:secret@host/`, for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Accepts one connection once a connection slot is free.
 async fn accept(
     listener: &TcpListener,
@@ -136,7 +146,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|error| {
             format!(
                 "could not attach to backbone {}: {}",
-                args.backbone,
+                redact(&args.backbone),
                 crate::describe(&error)
             )
         })?;
@@ -162,7 +172,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|error| format!("could not read the listening address: {error}"))?;
     tracing::info!(
         url = format!("ws://{local}{}", args.path),
-        backbone = args.backbone.as_str(),
+        backbone = redact(&args.backbone),
         "tidings listening"
     );
 

@@ -45,3 +45,30 @@ async fn unreachable_broker_fails_attach() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn longest_topic_crosses_instances() {
+    use futures_util::StreamExt;
+    common::init_tracing();
+    let cluster = RabbitCluster {
+        exchange: unique_exchange(),
+    };
+    let a = conformance::Instance::start(&cluster).await;
+    let b = conformance::Instance::start(&cluster).await;
+    // 255 bytes: the longest topic the hub accepts, and the longest AMQP routing key.
+    let topic = "t".repeat(255);
+    let subscriber = b.client().await;
+    let mut events = subscriber
+        .subscribe([topic.clone()])
+        .await
+        .expect("subscribe");
+    a.hub
+        .publish([topic.clone()], &"long")
+        .await
+        .expect("publish");
+    let event = common::within("event", events.next()).await.expect("open");
+    assert_eq!(event.topic(), topic);
+    let too_long = "t".repeat(256);
+    assert!(a.hub.publish([too_long], &"x").await.is_err());
+    conformance::Cluster::cleanup(&cluster).await;
+}

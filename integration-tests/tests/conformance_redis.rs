@@ -84,3 +84,38 @@ async fn unreachable_redis_fails_attach() {
         "{error:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toggling_all_topics_keeps_exact_deliveries() {
+    use futures_util::StreamExt;
+    common::init_tracing();
+    let cluster = RedisCluster::new(shared_url());
+    let a = conformance::Instance::start(&cluster).await;
+    let b = conformance::Instance::start(&cluster).await;
+    let exact_client = b.client().await;
+    let mut exact = exact_client.subscribe(["x"]).await.expect("subscribe x");
+    let toggler = b.client().await;
+    let publisher = a.hub.clone();
+
+    let publishing = tokio::spawn(async move {
+        for n in 0..2000 {
+            publisher.publish(["x"], &n).await.expect("publish");
+        }
+    });
+    // Subscribing and unsubscribing ALL_TOPICS on the receiving instance while events flow
+    // must not drop or repeat any event of the exact subscription.
+    for _ in 0..20 {
+        let all = toggler
+            .subscribe([tidings::ALL_TOPICS])
+            .await
+            .expect("subscribe all");
+        all.unsubscribe().await;
+    }
+    for expected in 0..2000 {
+        let event = common::within("exact event", exact.next())
+            .await
+            .expect("open");
+        assert_eq!(event.decode::<i64>().expect("JSON"), expected);
+    }
+    publishing.await.expect("publisher");
+}

@@ -28,6 +28,8 @@ const BACKBONE: &str = "kafka";
 // lost its topics came back before this check dropped them. A short interval narrows that
 // window but cannot close it. Brokers that keep their topics across restarts are not affected.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+/// Timeout of the health check's metadata request.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(750);
 
 fn unavailable(error: KafkaError) -> BackboneError {
     BackboneError::Unavailable {
@@ -304,7 +306,8 @@ async fn partition_count(
 ) -> Result<Option<i32>, BackboneError> {
     let consumer = Arc::clone(consumer);
     let topic = shared.config.topic.clone();
-    let timeout = shared.config.operation_timeout;
+    // Short, so an unreachable broker is noticed (and the clients dropped) within a second.
+    let timeout = shared.config.operation_timeout.min(PROBE_TIMEOUT);
     let metadata =
         tokio::task::spawn_blocking(move || consumer.fetch_metadata(Some(&topic), timeout))
             .await

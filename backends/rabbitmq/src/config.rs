@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use tidings_core::BackboneError;
 
+/// Longest exchange name that leaves room for the `.all` suffix in AMQP's 255-byte names.
+const MAX_EXCHANGE_LEN: usize = 255 - 4;
+
 /// Settings of a [`crate::RabbitMqBackbone`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -61,6 +64,11 @@ impl RabbitMqConfig {
             Some((base, query)) => (base, query),
             None => (url, ""),
         };
+        if base.starts_with("amqps://") && !cfg!(feature = "tls") {
+            return Err(BackboneError::Config(format!(
+                "RabbitMQ URL {url:?} asks for TLS (amqps://); build tidings-rabbitmq with its \"tls\" feature"
+            )));
+        }
         if !(base.starts_with("amqp://") || base.starts_with("amqps://")) {
             return Err(BackboneError::Config(format!(
                 "RabbitMQ URL {url:?} must start with amqp:// or amqps://"
@@ -73,6 +81,12 @@ impl RabbitMqConfig {
                 Some(("exchange", "")) => {
                     return Err(BackboneError::Config(format!(
                         "empty exchange in RabbitMQ URL {url:?}; use for example ?exchange=tidings"
+                    )))
+                }
+                Some(("exchange", name)) if name.len() > MAX_EXCHANGE_LEN => {
+                    return Err(BackboneError::Config(format!(
+                        "exchange name in RabbitMQ URL {url:?} is {} bytes; AMQP allows at most {MAX_EXCHANGE_LEN} (the \".all\" suffix included)",
+                        name.len() + 4
                     )))
                 }
                 Some(("exchange", name)) => config.exchange = name.to_owned(),
@@ -104,6 +118,18 @@ mod tests {
             RabbitMqConfig::from_url("amqp://127.0.0.1/%2f?heartbeat=10&exchange=app").unwrap();
         assert_eq!(config.url, "amqp://127.0.0.1/%2f?heartbeat=10");
         assert_eq!(config.exchange, "app");
+    }
+
+    #[test]
+    fn long_exchange_and_tls_without_feature_are_rejected() {
+        let long = "x".repeat(252);
+        assert!(
+            RabbitMqConfig::from_url(&format!("amqp://127.0.0.1/%2f?exchange={long}")).is_err()
+        );
+        assert_eq!(
+            RabbitMqConfig::from_url("amqps://127.0.0.1/%2f").is_err(),
+            !cfg!(feature = "tls")
+        );
     }
 
     #[test]

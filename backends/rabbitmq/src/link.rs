@@ -25,6 +25,8 @@ use tokio::task::JoinHandle;
 use crate::config::RabbitMqConfig;
 
 const BACKBONE: &str = "rabbitmq";
+/// Longest AMQP short string, and so the longest routing key.
+const MAX_ROUTING_KEY: usize = 255;
 
 /// Failure of an AMQP operation.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +206,15 @@ impl Shared {
     ) -> Result<(), LinkError> {
         let limit = self.config.operation_timeout;
         for topic in topics {
+            // AMQP short strings hold at most 255 bytes, and lapin panics on longer ones.
+            if topic.len() > MAX_ROUTING_KEY {
+                tracing::warn!(
+                    backbone = BACKBONE,
+                    topic_len = topic.len(),
+                    "topic longer than an AMQP routing key; not bound"
+                );
+                continue;
+            }
             let (exchange, key) = if topic == ALL_TOPICS {
                 (self.fanout.as_str(), "")
             } else {
@@ -400,6 +411,12 @@ impl BackboneLink for RabbitMqLink {
         let limit = self.shared.config.operation_timeout;
         let mut confirms = Vec::with_capacity(envelope.topics.len());
         for topic in &envelope.topics {
+            if topic.len() > MAX_ROUTING_KEY {
+                return Err(BackboneError::Config(format!(
+                    "topic of {} bytes is longer than an AMQP routing key ({MAX_ROUTING_KEY} bytes)",
+                    topic.len()
+                )));
+            }
             let single = Envelope {
                 notifier_id: envelope.notifier_id.clone(),
                 topics: vec![topic.clone()],

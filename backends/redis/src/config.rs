@@ -40,7 +40,7 @@ pub struct RedisConfig {
     pub reconnect_min_delay: Duration,
     /// Longest delay between reconnect attempts (default 5 s).
     pub reconnect_max_delay: Duration,
-    /// Messages buffered between the Redis reader and the hub (default 65536). When the hub
+    /// Messages buffered between the Redis reader and the hub (default 8192). When the hub
     /// falls further behind, messages are dropped, counted and logged.
     pub message_buffer: usize,
 }
@@ -56,7 +56,7 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(2),
             reconnect_min_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(5),
-            message_buffer: 65_536,
+            message_buffer: 8_192,
         }
     }
 
@@ -89,9 +89,16 @@ impl RedisConfig {
             Some((base, query)) => (base, query),
             None => (url, ""),
         };
-        if !(base.starts_with("redis://") || base.starts_with("rediss://")) {
+        if base.starts_with("rediss://") {
+            // NOTE: fred is built without its TLS features, so rediss:// would connect in
+            // plain text; it is rejected until a TLS feature exists.
             return Err(BackboneError::Config(format!(
-                "Redis URL {url:?} must start with redis:// or rediss://"
+                "Redis URL {url:?} asks for TLS (rediss://), which this build does not support"
+            )));
+        }
+        if !base.starts_with("redis://") {
+            return Err(BackboneError::Config(format!(
+                "Redis URL {url:?} must start with redis://"
             )));
         }
         let mut config = Self::new(base);
@@ -99,6 +106,11 @@ impl RedisConfig {
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
+                "prefix" if value.is_empty() => {
+                    return Err(BackboneError::Config(format!(
+                        "empty prefix in Redis URL {url:?}: ALL_TOPICS would match every channel; use for example ?prefix=app:"
+                    )))
+                }
                 "prefix" => {
                     config.layout = ChannelLayout::PerTopic {
                         prefix: value.to_owned(),
@@ -170,6 +182,12 @@ mod tests {
     fn wrong_scheme_is_rejected() {
         let error = RedisConfig::from_url("http://127.0.0.1:6379").unwrap_err();
         assert!(error.to_string().contains("redis://"));
+    }
+
+    #[test]
+    fn tls_and_empty_prefix_are_rejected() {
+        assert!(RedisConfig::from_url("rediss://127.0.0.1:6379").is_err());
+        assert!(RedisConfig::from_url("redis://127.0.0.1:6379/?prefix=").is_err());
     }
 
     #[test]

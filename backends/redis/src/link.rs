@@ -70,12 +70,19 @@ impl Shared {
         let envelope = {
             let interest = self.interest();
             match &self.layout {
-                ChannelLayout::PerTopic { .. } => {
-                    // With ALL_TOPICS active, the pattern subscription delivers every message,
-                    // and an exact subscription to the same channel would deliver it again.
+                ChannelLayout::PerTopic { prefix } => {
+                    // A channel with an exact subscription arrives as a message; with
+                    // ALL_TOPICS active it arrives again through the pattern, and that copy is
+                    // skipped. Exact interest is recorded only after Redis confirmed the
+                    // SUBSCRIBE, so no copy is skipped before the exact one flows.
+                    let topic = message
+                        .channel
+                        .strip_prefix(prefix.as_str())
+                        .unwrap_or_default();
+                    let exact = interest.topics.contains(topic);
                     let wanted = match message.kind {
-                        MessageKind::PMessage => interest.all,
-                        _ => !interest.all,
+                        MessageKind::PMessage => !exact,
+                        _ => exact,
                     };
                     if !wanted {
                         return;
@@ -388,35 +395,46 @@ impl BackboneLink for RedisLink {
     }
 
     async fn subscribe(&self, topics: &[String]) -> Result<(), BackboneError> {
-        let (channels, all) = {
-            let mut interest = self.shared.interest();
-            let mut channels = Vec::new();
-            let mut all = false;
-            for topic in topics {
-                if topic == ALL_TOPICS {
-                    all = !interest.all;
-                    interest.all = true;
-                } else if interest.topics.insert(topic.clone()) {
-                    channels.push(self.channel_of(topic));
-                }
-            }
-            (channels, all)
+        let (new_topics, all) = {
+            let interest = self.shared.interest();
+            let new_topics: Vec<String> = topics
+                .iter()
+                .filter(|topic| *topic != ALL_TOPICS && !interest.topics.contains(*topic))
+                .cloned()
+                .collect();
+            let all = topics.iter().any(|topic| topic == ALL_TOPICS) && !interest.all;
+            (new_topics, all)
+        };
+        let record = |shared: &Shared| {
+            let mut interest = shared.interest();
+            interest.topics.extend(new_topics.iter().cloned());
+            interest.all |= all;
         };
         let ChannelLayout::PerTopic { prefix } = &self.shared.layout else {
+            record(&self.shared);
             return Ok(());
         };
         let client = self.subscriber.with_options(&self.options);
-        if !channels.is_empty() {
-            client.subscribe(channels).await.map_err(unavailable)?;
+        let channels: Vec<String> = new_topics
+            .iter()
+            .map(|topic| self.channel_of(topic))
+            .collect();
+        let confirmed = async {
+            if !channels.is_empty() {
+                client.subscribe(channels).await?;
+            }
+            if all {
+                client
+                    .psubscribe(format!("{}*", escape_pattern(prefix)))
+                    .await?;
+            }
+            let _: Value = client.ping(None).await?;
+            Ok::<(), RedisError>(())
         }
-        if all {
-            client
-                .psubscribe(format!("{}*", escape_pattern(prefix)))
-                .await
-                .map_err(unavailable)?;
-        }
-        let _: Value = client.ping(None).await.map_err(unavailable)?;
-        Ok(())
+        .await;
+        // Recorded even when Redis is down, so the reconnect subscribes them.
+        record(&self.shared);
+        confirmed.map_err(unavailable)
     }
 
     async fn unsubscribe(&self, topics: &[String]) -> Result<(), BackboneError> {

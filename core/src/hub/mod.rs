@@ -31,7 +31,8 @@ pub const ALL_TOPICS: &str = "__EventNotifier_ALL_TOPICS__";
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct HubConfig {
-    /// Maximum topic length in bytes (default 256).
+    /// Maximum topic length in bytes (default 255, the longest AMQP routing key, so every
+    /// backbone can carry every valid topic).
     pub max_topic_len: usize,
     /// Maximum number of topics one connection may subscribe to (default 1024).
     pub max_subscriptions_per_connection: usize,
@@ -45,7 +46,7 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            max_topic_len: 256,
+            max_topic_len: 255,
             max_subscriptions_per_connection: 1024,
             subscription_capacity: 1024,
             max_topics_per_publish: 64,
