@@ -155,6 +155,8 @@ impl RedisLink {
         let mut builder = Builder::from_config(redis_config);
         let command_timeout = config.command_timeout;
         let buffer = config.message_buffer;
+        // NOTE: a Redis that stops responding without closing its sockets (a hung process) is
+        // not detected: the state stays connected and each command waits out its timeout.
         builder
             .with_connection_config(|connection| {
                 connection.connection_timeout = command_timeout;
