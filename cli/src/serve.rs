@@ -100,6 +100,25 @@ impl tower::Service<Request<Incoming>> for Fallback {
     }
 }
 
+/// Waits for Ctrl-C (SIGINT) or SIGTERM, the signal service managers and `kill` send.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "could not listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
 /// Hides the password of a URL such as `amqp://user:secret@host/`, for logs and errors.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -176,7 +195,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
         "tidings listening"
     );
 
-    let shutdown = tokio::signal::ctrl_c();
+    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
