@@ -16,14 +16,14 @@ const TAIL: &[u8] = br#""},"response":null}"#;
 
 /// The parts of a notify frame shared by every subscriber of one publication on one topic.
 #[derive(Debug, Clone)]
-pub(crate) struct PreparedNotify {
+pub struct PreparedNotify {
     topic_json: Bytes,
     data: Bytes,
 }
 
 impl PreparedNotify {
     /// Prepares a topic and already-encoded JSON data.
-    pub(crate) fn new(topic: &str, data: Bytes) -> Self {
+    pub fn new(topic: &str, data: Bytes) -> Self {
         let mut topic_json = BytesMut::with_capacity(topic.len() + 2);
         put_json_str(&mut topic_json, topic);
         Self {
@@ -34,12 +34,7 @@ impl PreparedNotify {
 
     /// Builds one subscriber's frame. `subscription_json` and `subscriber_json` are JSON
     /// string literals, quotes included; `call_id` is 32 hex characters.
-    pub(crate) fn frame(
-        &self,
-        subscription_json: &[u8],
-        subscriber_json: &[u8],
-        call_id: &[u8],
-    ) -> Bytes {
+    pub fn frame(&self, subscription_json: &[u8], subscriber_json: &[u8], call_id: &[u8]) -> Bytes {
         let len = HEAD.len()
             + subscription_json.len()
             + SUBSCRIBER.len()
@@ -68,7 +63,7 @@ impl PreparedNotify {
 }
 
 /// Encodes `text` as a JSON string literal, quotes included.
-pub(crate) fn json_string(text: &str) -> Bytes {
+pub fn json_string(text: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(text.len() + 2);
     put_json_str(&mut out, text);
     out.freeze()

@@ -2,6 +2,12 @@
 
 mod endpoint;
 mod frame;
+
+/// Internals exposed for the crate's benchmarks only; not a stable API.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use super::frame::{json_string, PreparedNotify};
+}
 mod subscription;
 
 use std::collections::HashMap;
