@@ -34,7 +34,7 @@ fn server_methods() -> Methods {
         .method(
             "sum_of_squares",
             |args: Pair, ctx: CallContext| async move {
-                // The server calls the client back, twice, before answering.
+                // The server calls the client back, twice, before responding.
                 let channel = ctx.channel();
                 let call_failed = |error: tidings::CallError| RpcError::internal(error.to_string());
                 let a: f64 = channel

@@ -48,7 +48,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to take their close frame.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Answers `GET /health` and 404 for everything else outside the endpoint path.
+/// Serves `GET /health` and 404 for everything else outside the endpoint path.
 #[derive(Clone)]
 struct Fallback {
     hub: Hub,
@@ -119,16 +119,6 @@ async fn shutdown_signal() {
     }
 }
 
-/// Hides the password of a URL such as `amqp://user:secret@host/`, for logs and errors.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// Accepts one connection once a connection slot is free.
 async fn accept(
     listener: &TcpListener,
@@ -165,7 +155,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|error| {
             format!(
                 "could not attach to backbone {}: {}",
-                redact(&args.backbone),
+                tidings::backbone::redact_url(&args.backbone),
                 crate::describe(&error)
             )
         })?;
@@ -191,7 +181,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|error| format!("could not read the listening address: {error}"))?;
     tracing::info!(
         url = format!("ws://{local}{}", args.path),
-        backbone = redact(&args.backbone),
+        backbone = tidings::backbone::redact_url(&args.backbone),
         "tidings listening"
     );
 

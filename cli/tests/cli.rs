@@ -45,19 +45,16 @@ fn call_ping_prints_pong() {
     assert_eq!(stdout(&output), "\"pong\"");
 }
 
-#[test]
-fn sub_prints_what_pub_sends() {
-    let server = Server::start();
-    let subscriber = Command::new(BIN)
-        .args(["sub", &server.url, "news", "--count", "2"])
+/// Starts `tidings sub URL news --count N` and returns once it logged its subscription.
+fn start_sub(url: &str, count: u32) -> Child {
+    let mut subscriber = Command::new(BIN)
+        .args(["sub", url, "news", "--count", &count.to_string()])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start tidings sub");
-    // Wait until the subscriber reports its subscription before publishing.
-    let mut subscriber = subscriber;
     let stderr_pipe = subscriber.stderr.take().expect("stderr piped");
     let mut lines = BufReader::new(stderr_pipe).lines();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -68,7 +65,15 @@ fn sub_prints_what_pub_sends() {
             break;
         }
     }
+    // Keep draining the log so the subscriber never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
+    subscriber
+}
+
+#[test]
+fn sub_prints_what_pub_sends() {
+    let server = Server::start();
+    let subscriber = start_sub(&server.url, 2);
 
     let first = run(&["pub", &server.url, "news", r#"{"headline":"hi"}"#]);
     assert!(first.status.success(), "{}", stderr(&first));
@@ -207,22 +212,7 @@ fn assert_servers_share(backbone: &str) {
     let first = serve_with(&["--backbone", backbone]);
     let second = serve_with(&["--backbone", backbone]);
 
-    let mut subscriber = Command::new(BIN)
-        .args(["sub", &second.url, "news", "--count", "1"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tidings sub");
-    let mut lines = BufReader::new(subscriber.stderr.take().expect("stderr piped")).lines();
-    loop {
-        let line = lines.next().expect("sub log line").expect("readable log");
-        if line.contains("subscribed") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let subscriber = start_sub(&second.url, 1);
 
     let published = run(&["pub", &first.url, "news", r#"{"via":"redis"}"#]);
     assert!(published.status.success(), "{}", stderr(&published));

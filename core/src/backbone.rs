@@ -55,6 +55,23 @@ impl Envelope {
         })
     }
 
+    /// Encodes the envelope for one of its topics, as `{"notifier_id", "topics": [topic],
+    /// "data"}`: brokers carry one message per topic, the way Python instances publish.
+    pub fn encode_for_topic(&self, topic: &str) -> Result<Vec<u8>, BackboneError> {
+        let data: &RawValue = serde_json::from_slice(&self.data).map_err(|error| {
+            BackboneError::Config(format!("publication data is not valid JSON: {error}"))
+        })?;
+        let topics = [topic.to_owned()];
+        serde_json::to_vec(&EnvelopeRef {
+            notifier_id: &self.notifier_id,
+            topics: &topics,
+            data,
+        })
+        .map_err(|error| {
+            BackboneError::Config(format!("publication could not be encoded: {error}"))
+        })
+    }
+
     /// Decodes an envelope from JSON.
     pub fn from_json(json: &[u8]) -> Result<Self, serde_json::Error> {
         let owned: EnvelopeOwned = serde_json::from_slice(json)?;
@@ -73,6 +90,16 @@ impl fmt::Debug for Envelope {
             .field("topics", &self.topics)
             .field("data_len", &self.data.len())
             .finish()
+    }
+}
+
+/// Returns `url` with its password replaced by `***`, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -188,6 +215,28 @@ pub trait BackboneLink: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_hides_password() {
+        assert_eq!(
+            redact_url("redis://user:secret@host:6379"),
+            "redis://***@host:6379"
+        );
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+    }
+
+    #[test]
+    fn envelope_for_one_topic() {
+        let envelope = Envelope {
+            notifier_id: "n".into(),
+            topics: vec!["a".into(), "b".into()],
+            data: Bytes::from_static(b"1"),
+        };
+        assert_eq!(
+            envelope.encode_for_topic("b").unwrap(),
+            br#"{"notifier_id":"n","topics":["b"],"data":1}"#
+        );
+    }
 
     #[test]
     fn envelope_round_trips_in_python_format() {

@@ -125,7 +125,7 @@ pub enum CallError {
     /// There is no connection right now (a client between reconnects). Retry later.
     #[error("not connected")]
     NotConnected,
-    /// The peer answered, but its result does not match the expected type.
+    /// The peer responded, but its result does not match the expected type.
     #[error("result of {method:?} has an unexpected shape")]
     InvalidResult {
         /// The method that was called.
@@ -149,7 +149,7 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// Returns the error code when the peer answered with an error response.
+    /// Returns the error code when the peer responded with an error.
     pub fn remote_code(&self) -> Option<&ErrorCode> {
         match self {
             Self::Remote(error) => Some(&error.code),

@@ -10,7 +10,7 @@
 //!   [`transport::pair`] in tests).
 //! - [`rpc::spawn_connection`] runs one reader task and one writer task per transport and
 //!   returns an [`RpcChannel`]: either side registers [`Methods`] and calls the other.
-//! - A [`Hub`] holds local subscribers and fans publications out; an [`Endpoint`] serves the
+//! - A [`Hub`] keeps local subscribers and fans publications out; an [`Endpoint`] serves the
 //!   pub/sub methods (`subscribe`, `unsubscribe`, `publish`, `ping`) on each connection.
 //! - A [`Backbone`] carries publications between hubs of different
 //!   instances.

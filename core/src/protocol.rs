@@ -76,7 +76,7 @@ where
 pub struct FrameError {
     /// The call id found in the frame, so the error response reaches the right caller.
     pub call_id: Option<String>,
-    /// The error to answer with.
+    /// The error to respond with.
     pub error: RpcError,
 }
 

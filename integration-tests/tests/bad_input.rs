@@ -1,4 +1,4 @@
-//! Bad input from a peer: each is answered with a typed error, the connection stays usable and
+//! Bad input from a peer: each gets a typed error response, the connection stays usable and
 //! other connections are untouched.
 
 mod common;
@@ -30,7 +30,7 @@ fn server() -> (Hub, TestServer) {
     (hub, TestServer::start(layer))
 }
 
-/// Checks that the peer still gets correct answers after the bad frame.
+/// Checks that the peer still gets correct responses after the bad frame.
 async fn assert_usable(peer: &mut RawPeer) {
     let answer = peer.call("add", json!({"a": 1, "b": 2}), "check").await;
     assert_eq!(answer["result"], 3);
@@ -96,7 +96,7 @@ async fn empty_object_is_ignored() {
     let (_hub, server) = server();
     let mut peer = RawPeer::connect(&server.url()).await;
     peer.send_text("{}").await;
-    // The next frame the peer sees is the answer to its next call, not an error.
+    // The next frame the peer receives is the response to its next call, not an error.
     assert_usable(&mut peer).await;
 }
 

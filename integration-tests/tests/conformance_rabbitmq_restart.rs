@@ -1,7 +1,7 @@
 //! The broker restart case on RabbitMQ: `rabbitmqctl stop_app` and `start_app`.
 //!
 //! It has a test binary of its own because it stops the shared broker; cargo runs test
-//! binaries one after another, so no other test sees the outage.
+//! binaries one after another, so no other test runs during the outage.
 
 mod common;
 mod conformance;

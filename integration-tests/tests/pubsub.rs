@@ -182,7 +182,7 @@ async fn pipelined_publishes_keep_order() {
     let subscriber = client(&server.url()).await;
     let mut events = subscriber.subscribe(["ordered"]).await.unwrap();
     let mut raw = RawPeer::connect(&server.url()).await;
-    // Every frame goes out before any answer is read, as a browser sending quickly would; 200
+    // Every frame goes out before any response is read, as a browser sending quickly would; 200
     // stays under the default limit of requests in flight per connection.
     for n in 0..200 {
         let frame = json!({
@@ -195,7 +195,7 @@ async fn pipelined_publishes_keep_order() {
         let event = within("ordered event", events.next()).await.unwrap();
         assert_eq!(event.decode::<i64>().unwrap(), expected);
     }
-    // Answers may come in any order; each call id must get `true`.
+    // Responses may come in any order; each call id must get `true`.
     let mut answered = std::collections::HashSet::new();
     while answered.len() < 200 {
         let frame = raw.recv_json().await;

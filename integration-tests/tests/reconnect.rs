@@ -150,7 +150,7 @@ async fn invalid_url_fails_connect() {
 #[tokio::test]
 async fn silent_server_times_out_connect() {
     init_tracing();
-    // Accepts TCP connections and never answers the upgrade.
+    // Accepts TCP connections and never responds to the upgrade.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let holder = tokio::spawn(async move {

@@ -25,7 +25,7 @@ async fn stalled_subscriber_is_closed_and_others_keep_up() {
         .config(ConnectionConfig::default().max_queued_bytes(QUEUE_CAP));
     let server = TestServer::start(layer);
 
-    // The stalled peer subscribes, reads the answer, then never reads again. A small receive
+    // The stalled peer subscribes, reads the response, then never reads again. A small receive
     // buffer makes its queue fill sooner.
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

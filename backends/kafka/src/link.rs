@@ -416,14 +416,7 @@ impl BackboneLink for KafkaLink {
         };
         let mut deliveries = Vec::with_capacity(envelope.topics.len());
         for topic in &envelope.topics {
-            let single = Envelope {
-                notifier_id: envelope.notifier_id.clone(),
-                topics: vec![topic.clone()],
-                data: envelope.data.clone(),
-            };
-            let payload = single.to_json().map_err(|error| {
-                BackboneError::Config(format!("publication data is not valid JSON: {error}"))
-            })?;
+            let payload = envelope.encode_for_topic(topic)?;
             let record = FutureRecord::to(&self.shared.config.topic)
                 .key(topic.as_bytes())
                 .payload(&payload);

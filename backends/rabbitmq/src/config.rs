@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tidings_core::BackboneError;
 
-/// Longest exchange name that leaves room for the `.all` suffix in AMQP's 255-byte names.
+/// Maximum length of an exchange name that leaves room for the `.all` suffix in AMQP's 255-byte names.
 const MAX_EXCHANGE_LEN: usize = 255 - 4;
 
 /// Settings of a [`crate::RabbitMqBackbone`].
@@ -21,7 +21,7 @@ pub struct RabbitMqConfig {
     pub operation_timeout: Duration,
     /// Shortest delay between reconnect attempts (default 100 ms).
     pub reconnect_min_delay: Duration,
-    /// Longest delay between reconnect attempts (default 5 s).
+    /// Maximum delay between reconnect attempts (default 5 s).
     pub reconnect_max_delay: Duration,
 }
 

@@ -417,14 +417,7 @@ impl BackboneLink for RabbitMqLink {
                     topic.len()
                 )));
             }
-            let single = Envelope {
-                notifier_id: envelope.notifier_id.clone(),
-                topics: vec![topic.clone()],
-                data: envelope.data.clone(),
-            };
-            let payload = single.to_json().map_err(|error| {
-                BackboneError::Config(format!("publication data is not valid JSON: {error}"))
-            })?;
+            let payload = envelope.encode_for_topic(topic)?;
             let confirm = bounded(
                 "basic.publish",
                 limit,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tidings_core::BackboneError;
 
-/// How publications are laid out on Redis channels.
+/// Layout of publications on Redis channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ChannelLayout {
@@ -38,7 +38,7 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Shortest delay between reconnect attempts (default 100 ms).
     pub reconnect_min_delay: Duration,
-    /// Longest delay between reconnect attempts (default 5 s).
+    /// Maximum delay between reconnect attempts (default 5 s).
     pub reconnect_max_delay: Duration,
     /// Messages buffered between the Redis reader and the hub (default 8192). When the hub
     /// falls further behind, messages are dropped, counted and logged.

@@ -175,7 +175,7 @@ impl RedisLink {
         let publisher = builder.build().map_err(unavailable)?;
         // fred completes SUBSCRIBE once it is written, before Redis has applied it. The
         // subscribing connection speaks RESP3 so a PING can follow each SUBSCRIBE on it: Redis
-        // answers in order, so the PONG proves the subscription is in place.
+        // responds in order, so the PONG proves the subscription is in place.
         builder.with_config(|redis| redis.version = RespVersion::RESP3);
         let subscriber = builder.build().map_err(unavailable)?;
         publisher.init().await.map_err(unavailable)?;
@@ -221,7 +221,7 @@ impl RedisLink {
             Arc::clone(&link.shared),
         )));
         link.shared.inbound.state_changed(BackboneState::Connected);
-        tracing::debug!(backbone = BACKBONE, url = %redact(&config.url), "connected to Redis");
+        tracing::debug!(backbone = BACKBONE, url = %tidings_core::backbone::redact_url(&config.url), "connected to Redis");
         Ok(link)
     }
 
@@ -235,16 +235,6 @@ impl RedisLink {
 
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
-}
-
-/// Hides the password of a Redis URL for logging.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 async fn read_messages(subscriber: Client, shared: Arc<Shared>) {
@@ -379,15 +369,7 @@ impl BackboneLink for RedisLink {
     async fn publish(&self, envelope: &Envelope) -> Result<(), BackboneError> {
         let client = self.publisher.with_options(&self.options);
         for topic in &envelope.topics {
-            // One message per topic, as Python instances expect.
-            let single = Envelope {
-                notifier_id: envelope.notifier_id.clone(),
-                topics: vec![topic.clone()],
-                data: envelope.data.clone(),
-            };
-            let payload = single.to_json().map_err(|error| {
-                BackboneError::Config(format!("publication data is not valid JSON: {error}"))
-            })?;
+            let payload = envelope.encode_for_topic(topic)?;
             let _: i64 = client
                 .publish(self.channel_of(topic), Bytes::from(payload))
                 .await
@@ -495,14 +477,5 @@ mod tests {
     fn pattern_escapes_glob_characters() {
         assert_eq!(escape_pattern("tidings:"), "tidings:");
         assert_eq!(escape_pattern("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-    }
-
-    #[test]
-    fn redact_hides_password() {
-        assert_eq!(
-            redact("redis://user:secret@host:6379"),
-            "redis://***@host:6379"
-        );
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     }
 }

@@ -60,7 +60,7 @@ struct Received {
     sent_us: u64,
 }
 
-/// What every subscriber task adds to.
+/// Counters and histogram shared by the subscriber tasks.
 struct Tally {
     latency: Mutex<Histogram<u64>>,
     delivered: AtomicU64,
@@ -235,7 +235,7 @@ async fn publish_steadily(
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    // Publications are acknowledged by the server; this many may wait for their answer at once.
+    // Publications are acknowledged by the server; this many may wait for their response at once.
     let in_flight = Arc::new(Semaphore::new(1024));
     let mut seq = 0u64;
     while Instant::now() < deadline {

@@ -101,7 +101,7 @@ pub(crate) async fn run(args: IdleArgs) -> Result<(), String> {
         let (ws, _) = tokio_tungstenite::client_async(args.url.as_str(), stream)
             .await
             .map_err(|error| format!("upgrade of connection {index} failed: {error}"))?;
-        // Reading keeps answering the server's keep-alive pings; nothing else arrives.
+        // Reading keeps responding to the server's keep-alive pings; nothing else arrives.
         holders.push(tokio::spawn(async move {
             let (_sink, mut stream) = ws.split();
             while stream.next().await.is_some() {}

@@ -89,7 +89,7 @@ struct PublishArgs {
     topics: Vec<String>,
     #[serde(default)]
     data: Option<Box<RawValue>>,
-    // Accepted for compatibility and not acted on: every publish is answered after the
+    // Accepted for compatibility and not acted on: every publish gets its response after the
     // publication was delivered locally and handed to the backbone, so that publications of
     // one connection cannot overtake each other.
     #[serde(default, rename = "sync")]

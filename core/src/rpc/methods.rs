@@ -180,7 +180,7 @@ impl Methods {
     /// arguments; a decoding failure returns `invalid_arguments` to the caller.
     ///
     /// Handlers run concurrently with the connection's reader, so a handler may call the peer
-    /// back through [`CallContext::channel`] and wait for the answer.
+    /// back through [`CallContext::channel`] and wait for the response.
     pub fn method<A, R, F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
     where
         A: DeserializeOwned + Send + 'static,

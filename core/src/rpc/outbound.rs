@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, Notify};
 use super::config::OverflowPolicy;
 use crate::transport::CloseReason;
 
-/// Why a frame was not queued.
+/// Reason a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PushError {
     /// The queue passed its cap; under the close policy the connection is now closing.

@@ -64,7 +64,7 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     .await
 }
 
-/// Answers 404 to every request outside the endpoint path.
+/// Returns 404 for every request outside the endpoint path.
 #[derive(Clone)]
 pub struct NotFound;
 
@@ -222,7 +222,7 @@ impl RawPeer {
         }
     }
 
-    /// Sends a request and returns the response part of the answer with the same call id.
+    /// Sends a request and returns the response part of the frame with the same call id.
     pub async fn call(&mut self, method: &str, arguments: Value, call_id: &str) -> Value {
         let frame = serde_json::json!({
             "request": {"method": method, "arguments": arguments, "call_id": call_id},

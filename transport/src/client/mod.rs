@@ -61,7 +61,7 @@ pub enum ConnectError {
     /// The server could not be reached or the handshake failed.
     #[error("could not connect")]
     Io(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The WebSocket opened but the server did not answer the first `_ping_`.
+    /// The WebSocket opened but the server did not respond to the first `_ping_`.
     #[error("server did not answer the first _ping_")]
     NoPong(#[source] CallError),
     /// Opening the WebSocket took longer than the connect timeout.
@@ -293,7 +293,7 @@ impl Dialer {
             self.config.clone(),
             span,
         );
-        // Like the Python client, open with `_ping_`: any answer, even an error from a server
+        // Like the Python client, open with `_ping_`. Any response, even an error from a server
         // without the method, proves the channel works both ways.
         match connection
             .channel()

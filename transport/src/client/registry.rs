@@ -128,7 +128,7 @@ struct SubscriptionInfo {
     topic: String,
 }
 
-/// The `notify` method the server calls on a client, answered as the Python client does.
+/// The `notify` method the server calls on a client, acknowledged as the Python client does.
 pub(super) fn notify_methods(registry: &Arc<Registry>) -> Methods {
     let registry = Arc::clone(registry);
     Methods::new().inline_method("notify", move |args: NotifyArgs, _ctx: &CallContext| {

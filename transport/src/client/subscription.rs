@@ -82,7 +82,7 @@ impl Drop for ClientSubscription {
         let Some(client) = self.client.take() else {
             return;
         };
-        // Events stop at once; the server is told on a task, in order with later changes.
+        // Events stop at once; the server is notified on a task, in order with later changes.
         let candidates = client.forget(self.id);
         if candidates.is_empty() {
             return;

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 type UpgradeFuture<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
 
 pin_project! {
-    /// Either the inner service's future, or the answer to an upgrade request.
+    /// Either the inner service's future, or the response to an upgrade request.
     pub struct ResponseFuture<F, B> {
         #[pin]
         kind: Kind<F, B>,
