@@ -6,7 +6,9 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -94,12 +96,60 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-/// Cost of one publication per local subscriber: the hub assembles a frame for each
-/// connection and queues it. Subscribers are in-process connections whose client side
-/// acknowledges every notify, so queues drain between iterations.
-fn fanout(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+/// Connects `subscribers` in-process connections to `hub`, each subscribed to "bench" and
+/// counting the notify frames it handles in `handled`.
+async fn connect_subscribers(
+    hub: &Hub,
+    subscribers: usize,
+    handled: &Arc<AtomicUsize>,
+) -> Vec<tidings_core::rpc::Connection> {
+    let config = ConnectionConfig::default().max_queued_bytes(usize::MAX / 2);
+    let endpoint = Endpoint::new(hub.clone()).config(config.clone());
+    let mut clients = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let (server_side, client_side) = transport::pair();
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            endpoint
+                .serve(Box::new(server_side), ConnContext::default())
+                .await
+        });
+        let handled = Arc::clone(handled);
+        let methods = Methods::new().inline_method(
+            "notify",
+            move |_: serde_json::Value, _ctx: &CallContext| {
+                handled.fetch_add(1, Ordering::Relaxed);
+                Ok("None")
+            },
+        );
+        let client = spawn_connection(
+            Box::new(client_side),
+            methods,
+            ConnContext::default(),
+            config.clone(),
+            tracing::Span::none(),
+        );
+        let _: bool = client
+            .channel()
+            .call("subscribe", serde_json::json!({"topics": ["bench"]}))
+            .await
+            .expect("subscribe");
+        clients.push(client);
+    }
+    clients
+}
+
+async fn publish_once(hub: &Hub) {
+    hub.publish_encoded(vec!["bench".to_owned()], Bytes::from_static(DATA), None)
+        .await
+        .expect("publish");
+}
+
+/// Measures the publisher's cost per local subscriber: the time `publish` takes to queue a
+/// notify for every subscribed connection and wake its writer. The writers, which build the
+/// frames, and the client sides run after the timed call on the same single-thread runtime.
+fn fanout_enqueue(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
@@ -107,52 +157,63 @@ fn fanout(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     for subscribers in [10usize, 1_000, 10_000] {
         let hub = Hub::new();
-        let config = ConnectionConfig::default().max_queued_bytes(usize::MAX / 2);
-        let mut clients = Vec::new();
-        runtime.block_on(async {
-            let endpoint = Endpoint::new(hub.clone()).config(config.clone());
-            for _ in 0..subscribers {
-                let (server_side, client_side) = transport::pair();
-                let endpoint = endpoint.clone();
-                tokio::spawn(async move {
-                    endpoint
-                        .serve(Box::new(server_side), ConnContext::default())
-                        .await
-                });
-                let methods = Methods::new()
-                    .inline_method("notify", |_: serde_json::Value, _ctx: &CallContext| {
-                        Ok("None")
-                    });
-                let client = spawn_connection(
-                    Box::new(client_side),
-                    methods,
-                    ConnContext::default(),
-                    config.clone(),
-                    tracing::Span::none(),
-                );
-                let _: bool = client
-                    .channel()
-                    .call("subscribe", serde_json::json!({"topics": ["bench"]}))
-                    .await
-                    .expect("subscribe");
-                clients.push(client);
-            }
-        });
+        let handled = Arc::new(AtomicUsize::new(0));
+        let clients = runtime.block_on(connect_subscribers(&hub, subscribers, &handled));
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_with_input(
             BenchmarkId::from_parameter(subscribers),
             &subscribers,
-            |b, _| {
+            |b, &subscribers| {
+                b.iter_custom(|iterations| {
+                    runtime.block_on(async {
+                        let mut publishing = Duration::ZERO;
+                        for _ in 0..iterations {
+                            let expected = handled.load(Ordering::Relaxed) + subscribers;
+                            let started = Instant::now();
+                            publish_once(&hub).await;
+                            publishing += started.elapsed();
+                            while handled.load(Ordering::Relaxed) < expected {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                        publishing
+                    })
+                })
+            },
+        );
+        drop(clients);
+    }
+    group.finish();
+}
+
+/// Measures a whole publication on a two-thread runtime until every subscriber has handled
+/// it: the publisher, the writers and the in-process client sides share the two threads.
+fn fanout_pipeline(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("fanout_pipeline");
+    group.measurement_time(Duration::from_secs(5));
+    for subscribers in [10usize, 1_000, 10_000] {
+        let hub = Hub::new();
+        let handled = Arc::new(AtomicUsize::new(0));
+        let clients = runtime.block_on(connect_subscribers(&hub, subscribers, &handled));
+        group.throughput(Throughput::Elements(subscribers as u64));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(subscribers),
+            &subscribers,
+            |b, &subscribers| {
                 b.to_async(&runtime).iter(|| {
                     let hub = hub.clone();
+                    let handled = Arc::clone(&handled);
                     async move {
-                        hub.publish_encoded(
-                            vec!["bench".to_owned()],
-                            Bytes::from_static(DATA),
-                            None,
-                        )
-                        .await
-                        .expect("publish")
+                        let expected = handled.load(Ordering::Relaxed) + subscribers;
+                        publish_once(&hub).await;
+                        while handled.load(Ordering::Relaxed) < expected {
+                            tokio::task::yield_now().await;
+                        }
                     }
                 })
             },
@@ -162,5 +223,11 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, notify_frame, decode, fanout);
+criterion_group!(
+    benches,
+    notify_frame,
+    decode,
+    fanout_enqueue,
+    fanout_pipeline
+);
 criterion_main!(benches);

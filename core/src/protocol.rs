@@ -239,7 +239,7 @@ impl CallIds {
 }
 
 /// A 32-character hex call id kept on the stack.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct CallId([u8; 32]);
 
 impl CallId {

@@ -1,11 +1,14 @@
 //! Assembly of `notify` frames from pre-encoded parts.
 //!
-//! A publication's data and topic are encoded once. Each subscriber's frame is then built by
-//! copying those parts around the per-subscriber subscription id, subscriber id and call id.
+//! A publication's data and topic are encoded once. The publisher queues a [`NotifyJob`] per
+//! subscriber, which shares those parts, and each connection's writer builds its frame by
+//! copying them around the subscription id, subscriber id and call id.
+
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::protocol::put_json_str;
+use crate::protocol::{put_json_str, CallId};
 
 const HEAD: &[u8] = br#"{"request":{"method":"notify","arguments":{"subscription":{"id":"#;
 const SUBSCRIBER: &[u8] = br#","subscriber_id":"#;
@@ -32,10 +35,14 @@ impl PreparedNotify {
         }
     }
 
-    /// Builds one subscriber's frame. `subscription_json` and `subscriber_json` are JSON
-    /// string literals, quotes included; `call_id` is 32 hex characters.
-    pub fn frame(&self, subscription_json: &[u8], subscriber_json: &[u8], call_id: &[u8]) -> Bytes {
-        let len = HEAD.len()
+    /// Returns the length of a frame built by [`Self::frame`] with these parts.
+    pub fn frame_len(
+        &self,
+        subscription_json: &[u8],
+        subscriber_json: &[u8],
+        call_id: &[u8],
+    ) -> usize {
+        HEAD.len()
             + subscription_json.len()
             + SUBSCRIBER.len()
             + subscriber_json.len()
@@ -45,7 +52,13 @@ impl PreparedNotify {
             + self.data.len()
             + CALL_ID.len()
             + call_id.len()
-            + TAIL.len();
+            + TAIL.len()
+    }
+
+    /// Builds one subscriber's frame. `subscription_json` and `subscriber_json` are JSON
+    /// string literals, quotes included; `call_id` is 32 hex characters.
+    pub fn frame(&self, subscription_json: &[u8], subscriber_json: &[u8], call_id: &[u8]) -> Bytes {
+        let len = self.frame_len(subscription_json, subscriber_json, call_id);
         let mut out = BytesMut::with_capacity(len);
         out.put_slice(HEAD);
         out.put_slice(subscription_json);
@@ -59,6 +72,53 @@ impl PreparedNotify {
         out.put_slice(call_id);
         out.put_slice(TAIL);
         out.freeze()
+    }
+}
+
+/// The ids of one subscription of one connection, as JSON string literals.
+#[derive(Debug)]
+pub(crate) struct NotifyIds {
+    pub(crate) subscription_json: Bytes,
+    pub(crate) subscriber_json: Bytes,
+}
+
+/// The parts of a publication's notify frames that every subscriber shares: topic, data and
+/// call id. The call id is unique per publication, and the server awaits no response to it.
+#[derive(Debug)]
+pub(crate) struct SharedNotify {
+    pub(crate) prepared: PreparedNotify,
+    pub(crate) call_id: CallId,
+}
+
+/// One subscriber's notify, queued by the publisher and built into a frame by the writer, so
+/// the publisher neither allocates nor copies the data per subscriber.
+#[derive(Debug)]
+pub(crate) struct NotifyJob {
+    shared: Arc<SharedNotify>,
+    ids: Arc<NotifyIds>,
+}
+
+impl NotifyJob {
+    pub(crate) fn new(shared: Arc<SharedNotify>, ids: Arc<NotifyIds>) -> Self {
+        Self { shared, ids }
+    }
+
+    /// Returns the length of the frame [`Self::build`] returns.
+    pub(crate) fn len(&self) -> usize {
+        self.shared.prepared.frame_len(
+            &self.ids.subscription_json,
+            &self.ids.subscriber_json,
+            self.shared.call_id.as_bytes(),
+        )
+    }
+
+    /// Builds the frame.
+    pub(crate) fn build(&self) -> Bytes {
+        self.shared.prepared.frame(
+            &self.ids.subscription_json,
+            &self.ids.subscriber_json,
+            self.shared.call_id.as_bytes(),
+        )
     }
 }
 

@@ -1,7 +1,7 @@
 //! The pub/sub hub: local subscribers, fan-out, and the link to the backbone.
 
 mod endpoint;
-mod frame;
+pub(crate) mod frame;
 
 /// Internals exposed for the crate's benchmarks only; not a stable API.
 #[doc(hidden)]
@@ -27,7 +27,7 @@ use crate::error::{BackboneError, PubSubError};
 use crate::event::Event;
 use crate::protocol;
 use crate::rpc::RpcChannel;
-use frame::{json_string, PreparedNotify};
+use frame::{json_string, NotifyIds, NotifyJob, PreparedNotify, SharedNotify};
 
 /// The topic that subscribes to every topic. Events reach its subscribers under their real
 /// topic name. The value is the one fastapi-websocket-pubsub uses.
@@ -87,8 +87,7 @@ enum Subscriber {
     /// A remote peer, notified with a `notify` frame.
     Connection {
         channel: RpcChannel,
-        subscription_json: Bytes,
-        subscriber_json: Bytes,
+        ids: Arc<NotifyIds>,
     },
     /// Server-side code holding a [`Subscription`].
     Local { tx: mpsc::Sender<Event> },
@@ -108,6 +107,8 @@ struct HubInner {
     state: watch::Sender<BackboneState>,
     counters: Counters,
     next_key: AtomicU64,
+    /// Call ids of notify frames, one per publication and topic.
+    call_ids: protocol::CallIds,
     config: HubConfig,
 }
 
@@ -390,8 +391,10 @@ impl Hub {
         self.inner
             .add_subscribers(topics, key, |_| Subscriber::Connection {
                 channel: channel.clone(),
-                subscription_json: json_string(&protocol::new_id()),
-                subscriber_json: subscriber_json.clone(),
+                ids: Arc::new(NotifyIds {
+                    subscription_json: json_string(&protocol::new_id()),
+                    subscriber_json: subscriber_json.clone(),
+                }),
             })
             .await;
     }
@@ -417,6 +420,7 @@ impl HubInner {
             state: watch::channel(state).0,
             counters: Counters::default(),
             next_key: AtomicU64::new(1),
+            call_ids: protocol::CallIds::new(),
             config,
         }
     }
@@ -535,24 +539,21 @@ impl HubInner {
         if exact.is_none() && all.is_none() {
             return;
         }
-        let prepared = PreparedNotify::new(topic, data.clone());
+        let notify = Arc::new(SharedNotify {
+            prepared: PreparedNotify::new(topic, data.clone()),
+            call_id: self.call_ids.next(),
+        });
         let event_topic: Arc<str> = Arc::from(topic);
         let mut delivered = 0u64;
         let mut dropped = 0u64;
         let mut send = |subscriber: &Subscriber| {
             let ok = match subscriber {
-                Subscriber::Connection {
-                    channel,
-                    subscription_json,
-                    subscriber_json,
-                } => {
+                Subscriber::Connection { channel, ids } => {
                     if exclude == Some(channel.id()) {
                         return;
                     }
-                    let call_id = channel.next_call_id();
-                    let frame =
-                        prepared.frame(subscription_json, subscriber_json, call_id.as_bytes());
-                    channel.push_frame(frame).is_ok()
+                    let job = NotifyJob::new(Arc::clone(&notify), Arc::clone(ids));
+                    channel.push_notify(job).is_ok()
                 }
                 Subscriber::Local { tx } => match tx
                     .try_send(Event::new(Arc::clone(&event_topic), data.clone()))

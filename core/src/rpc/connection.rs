@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::methods::{CallContext, Handler, HandlerResult, Step};
-use super::outbound::Outbound;
+use super::outbound::{Outbound, Outgoing};
 use super::{ConnContext, ConnectionConfig, Methods, Pending, RpcChannel, Shared};
 use crate::error::{ErrorCode, RpcError};
 use crate::protocol::{self, IncomingRequest, IncomingResponse};
@@ -536,10 +536,11 @@ impl<T> Future for CatchUnwind<T> {
 async fn write_loop(
     shared: Arc<Shared>,
     mut sink: Box<dyn FrameSink>,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
     clock: Clock,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut frames = Vec::with_capacity(MAX_BATCH);
     let keepalive = shared.config.keepalive_interval;
     let mut ticker =
         keepalive.map(|period| tokio::time::interval_at(Instant::now() + period, period));
@@ -560,7 +561,8 @@ async fn write_loop(
         match step {
             WriterStep::Close(reason) => break reason,
             WriterStep::Send => {
-                let bytes: usize = batch.iter().map(Bytes::len).sum();
+                let bytes: usize = batch.iter().map(Outgoing::len).sum();
+                frames.extend(batch.drain(..).map(Outgoing::into_frame));
                 // A peer that stopped reading blocks the send; keep-alive cannot see it, because
                 // pings queue behind the blocked frames, so the send itself has a time limit.
                 let send_limit =
@@ -572,9 +574,9 @@ async fn write_loop(
                         tracing::debug!(queued_bytes = shared.outbound.queued_bytes(), "send timed out; peer stopped reading");
                         Err(CloseReason::new(CloseReason::INTERNAL_ERROR, "send timed out: peer stopped reading"))
                     }
-                    sent = sink.send_batch(&mut batch) => Ok(sent),
+                    sent = sink.send_batch(&mut frames) => Ok(sent),
                 };
-                batch.clear();
+                frames.clear();
                 shared.outbound.sent(bytes);
                 match sent {
                     Ok(Ok(())) => {}

@@ -22,9 +22,10 @@ pub use connection::{spawn_connection, Connection};
 pub use methods::{BoxFuture, CallContext, ConnContext, Methods, NoArgs};
 
 use crate::error::{CallError, RpcError};
+use crate::hub::frame::NotifyJob;
 use crate::protocol::{self, CallIds};
 use crate::transport::CloseReason;
-use outbound::{Outbound, PushError};
+use outbound::{Outbound, Outgoing, PushError};
 
 type PendingReply = oneshot::Sender<Result<Box<RawValue>, RpcError>>;
 
@@ -227,7 +228,8 @@ impl RpcChannel {
         self.shared.outbound.push(frame)
     }
 
-    pub(crate) fn next_call_id(&self) -> protocol::CallId {
-        self.shared.call_ids.next()
+    /// Queues a notify that the writer builds into a frame when it sends it.
+    pub(crate) fn push_notify(&self, job: NotifyJob) -> Result<(), PushError> {
+        self.shared.outbound.push_outgoing(Outgoing::Notify(job))
     }
 }

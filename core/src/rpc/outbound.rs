@@ -7,7 +7,33 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use super::config::OverflowPolicy;
+use crate::hub::frame::NotifyJob;
 use crate::transport::CloseReason;
+
+/// One queued outgoing frame, either encoded or built by the writer when it is sent.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Frame(Bytes),
+    Notify(NotifyJob),
+}
+
+impl Outgoing {
+    /// Returns the length of the frame on the wire.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Frame(frame) => frame.len(),
+            Self::Notify(job) => job.len(),
+        }
+    }
+
+    /// Returns the encoded frame.
+    pub(crate) fn into_frame(self) -> Bytes {
+        match self {
+            Self::Frame(frame) => frame,
+            Self::Notify(job) => job.build(),
+        }
+    }
+}
 
 /// Reason a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +45,7 @@ pub(crate) enum PushError {
 }
 
 pub(crate) struct Outbound {
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
     policy: OverflowPolicy,
@@ -36,7 +62,7 @@ impl Outbound {
         max_queued_bytes: usize,
         policy: OverflowPolicy,
         span: tracing::Span,
-    ) -> (Self, mpsc::UnboundedReceiver<Bytes>) {
+    ) -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let outbound = Self {
             tx,
@@ -53,6 +79,11 @@ impl Outbound {
 
     /// Queues a frame without waiting. Never blocks the caller, whatever the peer does.
     pub(crate) fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_outgoing(Outgoing::Frame(frame))
+    }
+
+    /// Queues a frame or a notify to build, without waiting.
+    pub(crate) fn push_outgoing(&self, frame: Outgoing) -> Result<(), PushError> {
         let len = frame.len();
         let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         // A frame larger than the whole cap is still accepted into an empty queue, so one big
