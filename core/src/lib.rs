@@ -8,7 +8,7 @@
 //!
 //! - A [`Transport`](transport::Transport) carries frames (a WebSocket, or the in-process
 //!   [`transport::pair`] in tests).
-//! - [`rpc::spawn_connection`] runs one reader task and one writer task per transport and
+//! - [`rpc::spawn_connection`] runs a transport's reader and writer in one task and
 //!   returns an [`RpcChannel`]: either side registers [`Methods`] and calls the other.
 //! - A [`Hub`] keeps local subscribers and fans publications out; an [`Endpoint`] serves the
 //!   pub/sub methods (`subscribe`, `unsubscribe`, `publish`, `ping`) on each connection.

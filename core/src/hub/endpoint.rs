@@ -57,6 +57,8 @@ where
 pub struct Endpoint {
     hub: Hub,
     methods: Methods,
+    /// The application's methods with the pub/sub ones on top, shared by every connection.
+    served: Methods,
     config: ConnectionConfig,
     topic_authorizer: Option<Arc<dyn TopicAuthorizer>>,
     on_connect: Option<OnConnect>,
@@ -221,6 +223,7 @@ impl Endpoint {
         Self {
             hub,
             methods: Methods::new(),
+            served: pubsub_methods(),
             config: ConnectionConfig::default(),
             topic_authorizer: None,
             on_connect: None,
@@ -250,6 +253,7 @@ impl Endpoint {
 
     /// Sets the application's own methods, served beside the pub/sub ones.
     pub fn methods(mut self, methods: Methods) -> Self {
+        self.served = methods.clone().merge(pubsub_methods());
         self.methods = methods;
         self
     }
@@ -297,21 +301,22 @@ impl Endpoint {
             topics: Mutex::new(HashSet::new()),
             authorizer: self.topic_authorizer.clone(),
         });
-        let methods = self.methods.clone().merge(pubsub_methods(&session));
-        let connection = crate::rpc::connection_with_id(
+        // The connection runs inside this future, not in tasks of its own, because every task
+        // adds to the memory an idle connection holds.
+        let (channel, run) = crate::rpc::connection_with_id(
             transport,
-            methods,
+            self.served.clone(),
             context,
+            Some(Arc::clone(&session) as crate::rpc::LocalState),
             self.config.clone(),
             span.clone(),
             conn_id,
         );
-        self.connections()
-            .insert(session.key, connection.channel().clone());
+        self.connections().insert(session.key, channel.clone());
         if let Some(on_connect) = &self.on_connect {
-            tokio::spawn(on_connect(connection.channel().clone()).instrument(span.clone()));
+            tokio::spawn(on_connect(channel).instrument(span.clone()));
         }
-        let reason = connection.wait().await;
+        let reason = run.await;
         self.connections().remove(&session.key);
         let topics: Vec<String> = session.topics().drain().collect();
         if !topics.is_empty() {
@@ -321,22 +326,22 @@ impl Endpoint {
     }
 }
 
-fn pubsub_methods(session: &Arc<Session>) -> Methods {
-    let subscribe = Arc::clone(session);
-    let unsubscribe = Arc::clone(session);
-    let publish = Arc::clone(session);
+fn pubsub_methods() -> Methods {
     Methods::new()
-        .ordered_method("subscribe", move |args: TopicsArgs, ctx: CallContext| {
-            let session = Arc::clone(&subscribe);
-            async move { session.subscribe(ctx, args.topics).await }
+        .ordered_method("subscribe", |args: TopicsArgs, ctx: CallContext| async move {
+            session(&ctx)?.subscribe(ctx, args.topics).await
         })
-        .ordered_method("unsubscribe", move |args: TopicsArgs, _ctx: CallContext| {
-            let session = Arc::clone(&unsubscribe);
-            async move { session.unsubscribe(args.topics).await }
+        .ordered_method("unsubscribe", |args: TopicsArgs, ctx: CallContext| async move {
+            session(&ctx)?.unsubscribe(args.topics).await
         })
-        .pipelined_method("publish", move |args: PublishArgs, ctx: CallContext| {
-            let session = Arc::clone(&publish);
-            async move { session.publish(ctx, args).await }
+        .pipelined_method("publish", |args: PublishArgs, ctx: CallContext| async move {
+            session(&ctx)?.publish(ctx, args).await
         })
         .inline_method("ping", |_: NoArgs, _ctx: &CallContext| Ok("pong"))
+}
+
+/// Returns the pub/sub session of the connection a call arrived on.
+fn session(ctx: &CallContext) -> Result<Arc<Session>, RpcError> {
+    ctx.local::<Session>()
+        .ok_or_else(|| RpcError::internal("connection has no pub/sub session"))
 }

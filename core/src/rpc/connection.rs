@@ -1,4 +1,4 @@
-//! The per-connection runtime: one reader task, one writer task.
+//! The per-connection runtime: a reader and a writer, joined in one future.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -26,6 +26,9 @@ use crate::transport::{CloseReason, FrameSink, FrameStream, Incoming, Transport,
 const CLOSE_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most frames the writer takes from its queue before flushing once.
 const MAX_BATCH: usize = 256;
+/// Batch capacity, in frames, that the writer keeps at each keep-alive ping. What a burst
+/// grew beyond it is freed then, so idle connections keep small buffers.
+const IDLE_BATCH_CAPACITY: usize = 32;
 
 /// A running connection: its channel handle and the task that ends when it closes.
 #[derive(Debug)]
@@ -49,7 +52,7 @@ impl Connection {
     }
 }
 
-/// Starts the reader and writer tasks of a connection over `transport`.
+/// Starts a task that runs the reader and the writer of a connection over `transport`.
 ///
 /// `methods` are served to the peer in addition to the built-in `_ping_` and
 /// `_get_channel_id_`. `span` becomes the parent of every event the connection logs; give it a
@@ -61,26 +64,41 @@ pub fn spawn_connection(
     config: ConnectionConfig,
     span: tracing::Span,
 ) -> Connection {
-    spawn_connection_with_id(
+    let (channel, run) = connection_with_id(
         transport,
         methods,
         context,
+        None,
         config,
         span,
         protocol::new_id(),
-    )
+    );
+    Connection {
+        channel,
+        task: tokio::spawn(run),
+    }
 }
 
-/// Starts a connection like [`spawn_connection`], with a given channel id.
-pub(crate) fn spawn_connection_with_id(
+/// Builds a connection's channel handle and the future that runs its reader and writer.
+///
+/// The reader and the writer share one future, so a connection costs one task (or none, when
+/// the caller awaits the future in its own task) instead of two. The two no longer run on
+/// two worker threads at once, which costs one busy connection some throughput. Frames pushed
+/// before the future is first polled wait in the outbound queue.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn connection_with_id(
     transport: Box<dyn Transport>,
     methods: Methods,
     context: ConnContext,
+    local: Option<super::LocalState>,
     config: ConnectionConfig,
     span: tracing::Span,
     id: String,
-) -> Connection {
-    let (outbound, rx) = Outbound::new(
+) -> (
+    RpcChannel,
+    impl Future<Output = CloseReason> + Send + 'static,
+) {
+    let outbound = Outbound::new(
         config.max_queued_bytes,
         config.overflow_policy,
         span.clone(),
@@ -93,6 +111,7 @@ pub(crate) fn spawn_connection_with_id(
         pending: Mutex::new(Pending::default()),
         methods,
         context,
+        local,
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         config,
         closed,
@@ -104,33 +123,32 @@ pub(crate) fn spawn_connection_with_id(
         shared: Arc::clone(&shared),
     };
     let (sink, stream) = transport.split();
-    let clock = Clock::new();
 
-    let writer = tokio::spawn(
-        write_loop(Arc::clone(&shared), sink, rx, clock.clone()).instrument(span.clone()),
-    );
+    let clock = Clock::new();
     let reader_channel = channel.clone();
-    let task = tokio::spawn(
-        async move {
-            tracing::debug!("connection open");
+    let run = async move {
+        tracing::debug!("connection open");
+        let reader = async {
             let reason = read_loop(&reader_channel, stream, &clock).await;
-            let shared = &reader_channel.shared;
-            shared.outbound.begin_close(reason.clone());
-            let _ = writer.await;
-            let reason = shared.outbound.close_reason().unwrap_or(reason);
-            {
-                let mut pending = shared.lock_pending();
-                pending.closed = true;
-                // Dropping the senders wakes every waiting caller with ConnectionClosed.
-                pending.calls.clear();
-            }
-            shared.closed.send_replace(Some(reason.clone()));
-            tracing::debug!(close_code = reason.code, close_reason = %reason.reason, "connection closed");
+            reader_channel.shared.outbound.begin_close(reason.clone());
             reason
+        };
+        let writer = write_loop(Arc::clone(&reader_channel.shared), sink, clock.clone());
+        let (reason, ()) = tokio::join!(reader, writer);
+        let shared = &reader_channel.shared;
+        let reason = shared.outbound.close_reason().unwrap_or(reason);
+        {
+            let mut pending = shared.lock_pending();
+            pending.closed = true;
+            // Dropping the senders wakes every waiting caller with ConnectionClosed.
+            pending.calls.clear();
         }
-        .instrument(span),
-    );
-    Connection { channel, task }
+        shared.closed.send_replace(Some(reason.clone()));
+        tracing::debug!(close_code = reason.code, close_reason = %reason.reason, "connection closed");
+        reason
+    }
+    .instrument(span);
+    (channel, run)
 }
 
 /// Milliseconds since the connection started, shared between reader and writer.
@@ -533,14 +551,11 @@ impl<T> Future for CatchUnwind<T> {
     }
 }
 
-async fn write_loop(
-    shared: Arc<Shared>,
-    mut sink: Box<dyn FrameSink>,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    clock: Clock,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut frames = Vec::with_capacity(MAX_BATCH);
+async fn write_loop(shared: Arc<Shared>, mut sink: Box<dyn FrameSink>, clock: Clock) {
+    // Grown on first use: allocating MAX_BATCH slots up front would cost several KiB for
+    // every idle connection.
+    let mut batch: Vec<Outgoing> = Vec::new();
+    let mut frames: Vec<Bytes> = Vec::new();
     let keepalive = shared.config.keepalive_interval;
     let mut ticker =
         keepalive.map(|period| tokio::time::interval_at(Instant::now() + period, period));
@@ -549,13 +564,7 @@ async fn write_loop(
         let step = tokio::select! {
             biased;
             reason = shared.outbound.closing() => WriterStep::Close(reason),
-            received = rx.recv_many(&mut batch, MAX_BATCH) => {
-                if received == 0 {
-                    WriterStep::Close(CloseReason::new(CloseReason::NORMAL, ""))
-                } else {
-                    WriterStep::Send
-                }
-            }
+            () = shared.outbound.take_batch(&mut batch, MAX_BATCH) => WriterStep::Send,
             _ = tick(&mut ticker) => WriterStep::Ping,
         };
         match step {
@@ -588,6 +597,10 @@ async fn write_loop(
                 }
             }
             WriterStep::Ping => {
+                // Shrinking after every batch would reallocate under steady load.
+                batch.shrink_to(IDLE_BATCH_CAPACITY);
+                frames.shrink_to(IDLE_BATCH_CAPACITY);
+                shared.outbound.shrink_queue(IDLE_BATCH_CAPACITY);
                 let limit = keepalive.unwrap_or_default() + shared.config.keepalive_timeout;
                 if clock.silence() > limit {
                     tracing::debug!(
@@ -603,6 +616,7 @@ async fn write_loop(
             }
         }
     };
+    shared.outbound.close_queue();
     shared.outbound.begin_close(reason.clone());
     let reason = shared.outbound.close_reason().unwrap_or(reason);
     let _ = tokio::time::timeout(CLOSE_FRAME_TIMEOUT, sink.close(reason)).await;

@@ -73,6 +73,12 @@ impl CallContext {
     pub fn get<T: Any>(&self) -> Option<&T> {
         self.conn().get()
     }
+
+    /// Returns the connection's own state attached by the crate (the pub/sub session).
+    pub(crate) fn local<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let local = Arc::clone(self.channel.local()?);
+        local.downcast().ok()
+    }
 }
 
 /// Arguments type for methods that take none: accepts any JSON object.
@@ -139,7 +145,8 @@ where
 /// ```
 #[derive(Clone, Default)]
 pub struct Methods {
-    handlers: HashMap<String, Handler>,
+    // Shared, so every connection of an endpoint uses one table instead of a copy.
+    handlers: Arc<HashMap<String, Handler>>,
 }
 
 impl fmt::Debug for Methods {
@@ -188,8 +195,7 @@ impl Methods {
         F: Fn(A, CallContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
     {
-        self.handlers
-            .insert(name.into(), Handler::Async(erase_async(handler)));
+        Arc::make_mut(&mut self.handlers).insert(name.into(), Handler::Async(erase_async(handler)));
         self
     }
 
@@ -211,7 +217,7 @@ impl Methods {
             let future = handler(raw, ctx);
             Box::pin(async move { Step::Done(future.await) })
         });
-        self.handlers.insert(name.into(), Handler::Ordered(ordered));
+        Arc::make_mut(&mut self.handlers).insert(name.into(), Handler::Ordered(ordered));
         self
     }
 
@@ -245,7 +251,7 @@ impl Methods {
                 }
             })
         });
-        self.handlers.insert(name.into(), Handler::Ordered(ordered));
+        Arc::make_mut(&mut self.handlers).insert(name.into(), Handler::Ordered(ordered));
         self
     }
 
@@ -264,13 +270,16 @@ impl Methods {
             let args = decode_arguments::<A>(raw)?;
             encode_result(&handler(args, ctx)?)
         });
-        self.handlers.insert(name.into(), Handler::Inline(erased));
+        Arc::make_mut(&mut self.handlers).insert(name.into(), Handler::Inline(erased));
         self
     }
 
     /// Adds every method of `other`, replacing methods of the same name.
     pub fn merge(mut self, other: Methods) -> Self {
-        self.handlers.extend(other.handlers);
+        let handlers = Arc::make_mut(&mut self.handlers);
+        for (name, handler) in other.handlers.iter() {
+            handlers.insert(name.clone(), handler.clone());
+        }
         self
     }
 

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{oneshot, watch, Semaphore};
 
 pub use config::{ConnectionConfig, OverflowPolicy};
-pub(crate) use connection::spawn_connection_with_id as connection_with_id;
+pub(crate) use connection::connection_with_id;
 pub use connection::{spawn_connection, Connection};
 pub use methods::{BoxFuture, CallContext, ConnContext, Methods, NoArgs};
 
@@ -26,6 +26,9 @@ use crate::hub::frame::NotifyJob;
 use crate::protocol::{self, CallIds};
 use crate::transport::CloseReason;
 use outbound::{Outbound, Outgoing, PushError};
+
+/// Connection state for the crate's own handlers, found through [`CallContext`].
+pub(crate) type LocalState = Arc<dyn std::any::Any + Send + Sync>;
 
 type PendingReply = oneshot::Sender<Result<Box<RawValue>, RpcError>>;
 
@@ -42,6 +45,8 @@ pub(crate) struct Shared {
     pending: Mutex<Pending>,
     methods: Methods,
     context: ConnContext,
+    /// State the crate attaches to a connection for its own methods.
+    local: Option<LocalState>,
     in_flight: Arc<Semaphore>,
     config: ConnectionConfig,
     closed: watch::Sender<Option<CloseReason>>,
@@ -226,6 +231,10 @@ impl RpcChannel {
     /// Queues a pre-encoded frame, for callers that build frames themselves (the hub).
     pub(crate) fn push_frame(&self, frame: Bytes) -> Result<(), PushError> {
         self.shared.outbound.push(frame)
+    }
+
+    pub(crate) fn local(&self) -> Option<&LocalState> {
+        self.shared.local.as_ref()
     }
 
     /// Queues a notify that the writer builds into a frame when it sends it.
