@@ -106,7 +106,7 @@ pub(crate) enum Handler {
     Async(AsyncHandler),
     /// Runs on the connection's ordered task, one at a time in arrival order.
     Ordered(OrderedHandler),
-    /// Runs on the reader task.
+    /// Runs in the connection's reader, between reading frames.
     Inline(InlineHandler),
 }
 
@@ -255,11 +255,11 @@ impl Methods {
         self
     }
 
-    /// Registers a method that runs on the connection's reader task, in arrival order.
+    /// Registers a method that runs in the connection's reader, in arrival order.
     ///
     /// Use it only for quick, non-blocking work (such as forwarding an event into a channel):
-    /// the connection reads nothing else while it runs, and it is not counted against the
-    /// connection's in-flight limit.
+    /// the connection neither reads nor writes while it runs, and it is not counted against
+    /// the connection's in-flight limit.
     pub fn inline_method<A, R, F>(mut self, name: impl Into<String>, handler: F) -> Self
     where
         A: DeserializeOwned + 'static,

@@ -1,4 +1,4 @@
-//! The byte-bounded outbound queue between producers and a connection's writer task.
+//! The byte-bounded outbound queue between producers and a connection's writer.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
