@@ -52,3 +52,34 @@ impl conformance::Cluster for MockKafka {
 }
 
 conformance_tests!(MockKafka::new());
+
+#[tokio::test]
+async fn oversized_record_names_the_limit() {
+    common::init_tracing();
+    let kafka = MockKafka::new();
+    let backbone = conformance::Cluster::backbone(&kafka);
+    let hub = common::within(
+        "attach",
+        tidings::Hub::builder().backbone_arc(backbone).build(),
+    )
+    .await
+    .expect("hub attaches");
+    // Above librdkafka's default message.max.bytes (1,000,000), below the 1 MiB frame limit.
+    let data = "x".repeat(1_010_000);
+    let error = common::within("publish", hub.publish(["big"], &data))
+        .await
+        .expect_err("a record over message.max.bytes is refused");
+    let chain = std::iter::successors(Some(&error as &dyn std::error::Error), |error| {
+        error.source()
+    })
+    .map(ToString::to_string)
+    .collect::<Vec<_>>()
+    .join(": ");
+    assert!(chain.contains("message.max.bytes"), "{chain}");
+    assert!(chain.contains("1010"), "{chain}");
+
+    // The link stays usable for records within the limit.
+    hub.publish(["small"], &"fits")
+        .await
+        .expect("a small record is accepted");
+}

@@ -40,6 +40,23 @@ fn unavailable(error: KafkaError) -> BackboneError {
     }
 }
 
+/// Maps a failed produce of a `bytes`-byte record, naming the limit when the record is too
+/// large, since librdkafka's own message does not say which setting to raise.
+fn produce_failed(error: KafkaError, bytes: usize) -> BackboneError {
+    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+        return BackboneError::Other {
+            backbone: BACKBONE,
+            source: format!(
+                "Kafka record of {bytes} bytes is too large: raise the producer's \
+                 message.max.bytes (?message.max.bytes=N in the backbone URL) and the broker's \
+                 or topic's max.message.bytes ({error})"
+            )
+            .into(),
+        };
+    }
+    unavailable(error)
+}
+
 fn down() -> BackboneError {
     BackboneError::Unavailable {
         backbone: BACKBONE,
@@ -477,21 +494,22 @@ impl BackboneLink for KafkaLink {
         let mut deliveries = Vec::with_capacity(envelope.topics.len());
         for topic in &envelope.topics {
             let payload = envelope.encode_for_topic(topic)?;
+            let bytes = payload.len() + topic.len();
             let record = FutureRecord::to(&self.shared.config.topic)
                 .key(topic.as_bytes())
                 .payload(&payload);
             let delivery = session
                 .producer
                 .send_result(record)
-                .map_err(|(error, _)| unavailable(error))?;
-            deliveries.push(delivery);
+                .map_err(|(error, _)| produce_failed(error, bytes))?;
+            deliveries.push((delivery, bytes));
         }
         let limit = self.shared.config.operation_timeout;
         Ok(Acceptance::pending(async move {
-            for delivery in deliveries {
+            for (delivery, bytes) in deliveries {
                 match tokio::time::timeout(limit + Duration::from_secs(1), delivery).await {
                     Ok(Ok(Ok(_))) => {}
-                    Ok(Ok(Err((error, _)))) => return Err(unavailable(error)),
+                    Ok(Ok(Err((error, _)))) => return Err(produce_failed(error, bytes)),
                     Ok(Err(_)) | Err(_) => return Err(down()),
                 }
             }
