@@ -19,6 +19,7 @@ pub mod backbone;
 pub mod error;
 pub mod event;
 pub mod hub;
+mod log_limit;
 pub mod protocol;
 pub mod rpc;
 pub mod transport;

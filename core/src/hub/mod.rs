@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -25,6 +26,7 @@ pub use subscription::Subscription;
 use crate::backbone::{Acceptance, Backbone, BackboneLink, BackboneState, Envelope, Inbound};
 use crate::error::{BackboneError, PubSubError};
 use crate::event::Event;
+use crate::log_limit::LogLimit;
 use crate::protocol;
 use crate::rpc::RpcChannel;
 use frame::{json_string, NotifyIds, NotifyJob, PreparedNotify, SharedNotify};
@@ -594,8 +596,14 @@ impl HubInner {
     }
 }
 
+/// Limits "backbone publish failed" to one line a second: while a broker is down, every
+/// publication fails.
+static PUBLISH_FAILED_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
+
 fn backbone_failed(backbone: &'static str, error: BackboneError) -> PubSubError {
-    tracing::warn!(backbone, error = %error, "backbone publish failed");
+    if let Some(suppressed) = PUBLISH_FAILED_LOG.check() {
+        tracing::warn!(backbone, error = %error, suppressed, "backbone publish failed");
+    }
     PubSubError::Backbone(error)
 }
 

@@ -19,11 +19,15 @@ use super::methods::{CallContext, Handler, HandlerResult, Step};
 use super::outbound::{Outbound, Outgoing};
 use super::{ConnContext, ConnectionConfig, Methods, Pending, RpcChannel, Shared};
 use crate::error::{ErrorCode, RpcError};
+use crate::log_limit::LogLimit;
 use crate::protocol::{self, IncomingRequest, IncomingResponse};
 use crate::transport::{CloseReason, FrameSink, FrameStream, Incoming, Transport, TransportError};
 
 /// How long the writer tries to send a close frame before dropping the transport.
 const CLOSE_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
+/// Limits "method failed" to one line a second, since a failing dependency (a broker that is
+/// down) can fail every call.
+static METHOD_FAILED_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 /// Most frames the writer takes from its queue before flushing once.
 const MAX_BATCH: usize = 256;
 /// Batch capacity, in frames, that the writer keeps at each keep-alive ping. What a burst
@@ -454,7 +458,9 @@ impl Job {
         drop(self.permit);
         if let Err(error) = &result {
             if error.code == ErrorCode::InternalError {
-                tracing::warn!(method = self.method.as_str(), call_id = self.call_id.as_deref(), error = %error, "method failed");
+                if let Some(suppressed) = METHOD_FAILED_LOG.check() {
+                    tracing::warn!(method = self.method.as_str(), call_id = self.call_id.as_deref(), error = %error, suppressed, "method failed");
+                }
             }
         }
         respond(&self.channel, self.call_id.as_deref(), result);
