@@ -91,6 +91,62 @@ async fn publisher_is_not_echoed() {
 }
 
 #[tokio::test]
+async fn notifier_id_names_the_skipped_subscriber() {
+    let (_hub, server) = server();
+    let mut publisher = RawPeer::connect(&server.url()).await;
+    let mut skipped = RawPeer::connect(&server.url()).await;
+    let skipped_id = skipped.call("_get_channel_id_", json!({}), "c1").await;
+    let skipped_id = skipped_id["result"]
+        .as_str()
+        .expect("channel id")
+        .to_owned();
+    assert_eq!(
+        skipped
+            .call("subscribe", json!({"topics": ["n"]}), "s1")
+            .await["result"],
+        true
+    );
+    assert_eq!(
+        publisher
+            .call("subscribe", json!({"topics": ["n"]}), "s2")
+            .await["result"],
+        true
+    );
+
+    let publish = json!({
+        "request": {
+            "method": "publish",
+            "arguments": {"topics": ["n"], "data": "skip", "notifier_id": skipped_id},
+            "call_id": "p1",
+        },
+        "response": null,
+    });
+    publisher.send_text(&publish.to_string()).await;
+    // The publisher named another subscriber as the notifier, so it hears its own event; the
+    // notify and the response may come in either order.
+    let mut notified = false;
+    let mut responded = false;
+    while !(notified && responded) {
+        let frame = publisher.recv_json().await;
+        if frame["response"]["call_id"] == "p1" {
+            assert_eq!(frame["response"]["result"], true);
+            responded = true;
+        } else {
+            assert_eq!(frame["request"]["arguments"]["data"], "skip");
+            notified = true;
+        }
+    }
+
+    let marker = client(&server.url()).await;
+    marker.publish(["n"], &"marker").await.unwrap();
+    let notify = skipped.recv_json().await;
+    assert_eq!(
+        notify["request"]["arguments"]["data"], "marker",
+        "the subscriber named as notifier received the event"
+    );
+}
+
+#[tokio::test]
 async fn unsubscribe_stops_and_resubscribe_restores() {
     let (hub, server) = server();
     let subscriber = client(&server.url()).await;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
-use super::{Hub, SubscriberKey};
+use super::{Exclude, Hub, SubscriberKey};
 use crate::error::{PubSubError, RpcError};
 use crate::protocol;
 use crate::rpc::{
@@ -202,12 +202,14 @@ impl Session {
             |raw| Bytes::from(raw.get().to_owned()),
         );
         // Python peers pass no notifier id and expect not to hear their own publication back.
-        let exclude = args
-            .notifier_id
-            .unwrap_or_else(|| ctx.channel().id().to_owned());
+        let exclude = match args.notifier_id.as_deref() {
+            None => Exclude::Key(self.key),
+            Some(id) if id == ctx.channel().id() => Exclude::Key(self.key),
+            Some(id) => Exclude::Channel(id),
+        };
         let pending = self
             .hub
-            .start_publish(args.topics, data, Some(&exclude))
+            .start_publish_excluding(args.topics, data, exclude)
             .await
             .map_err(|error| error.to_rpc_error())?;
         Ok(async move {

@@ -96,6 +96,16 @@ enum Subscriber {
 }
 
 type SubscriberKey = u64;
+
+/// The subscriber a publication skips, so a publishing connection does not hear itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Exclude<'a> {
+    Nobody,
+    /// A connection's key in the topic map.
+    Key(SubscriberKey),
+    /// A channel id, as a publish request's notifier id names it.
+    Channel(&'a str),
+}
 type TopicMap = HashMap<Arc<str>, HashMap<SubscriberKey, Subscriber>>;
 
 struct HubInner {
@@ -321,6 +331,16 @@ impl Hub {
         data: Bytes,
         exclude: Option<&str>,
     ) -> Result<PendingPublish, PubSubError> {
+        let exclude = exclude.map_or(Exclude::Nobody, Exclude::Channel);
+        self.start_publish_excluding(topics, data, exclude).await
+    }
+
+    pub(crate) async fn start_publish_excluding(
+        &self,
+        topics: Vec<String>,
+        data: Bytes,
+        exclude: Exclude<'_>,
+    ) -> Result<PendingPublish, PubSubError> {
         let topics = self.inner.distinct_topics(topics)?;
         for topic in &topics {
             self.inner.validate_topic(topic)?;
@@ -530,7 +550,7 @@ impl HubInner {
 
     /// Hands one publication on `topic` to every local subscriber of it or of ALL_TOPICS,
     /// once each, without waiting for any of them.
-    fn deliver_local(&self, topic: &str, data: &Bytes, exclude: Option<&str>) {
+    fn deliver_local(&self, topic: &str, data: &Bytes, exclude: Exclude<'_>) {
         let map = self.read_topics();
         let exact = map.get(topic);
         let all = if topic == ALL_TOPICS {
@@ -548,10 +568,16 @@ impl HubInner {
         let event_topic: Arc<str> = Arc::from(topic);
         let mut delivered = 0u64;
         let mut dropped = 0u64;
-        let mut send = |subscriber: &Subscriber| {
+        let mut send = |key: SubscriberKey, subscriber: &Subscriber| {
             let ok = match subscriber {
                 Subscriber::Connection { channel, ids } => {
-                    if exclude == Some(channel.id()) {
+                    let excluded = match exclude {
+                        Exclude::Nobody => false,
+                        // Compares the map key, which is at hand, not the channel's id.
+                        Exclude::Key(excluded) => key == excluded,
+                        Exclude::Channel(id) => channel.id() == id,
+                    };
+                    if excluded {
                         return;
                     }
                     let job = NotifyJob::new(Arc::clone(&notify), Arc::clone(ids));
@@ -576,7 +602,9 @@ impl HubInner {
             }
         };
         if let Some(exact) = exact {
-            exact.values().for_each(&mut send);
+            for (key, subscriber) in exact {
+                send(*key, subscriber);
+            }
         }
         if let Some(all) = all {
             for (key, subscriber) in all {
@@ -584,7 +612,7 @@ impl HubInner {
                 if exact.is_some_and(|exact| exact.contains_key(key)) {
                     continue;
                 }
-                send(subscriber);
+                send(*key, subscriber);
             }
         }
         self.counters
@@ -642,7 +670,7 @@ impl Inbound for HubInbound {
             .backbone_received
             .fetch_add(1, Ordering::Relaxed);
         for topic in &envelope.topics {
-            hub.deliver_local(topic, &envelope.data, None);
+            hub.deliver_local(topic, &envelope.data, Exclude::Nobody);
         }
     }
 
