@@ -315,16 +315,60 @@ impl Endpoint {
             conn_id,
         );
         self.connections().insert(session.key, channel.clone());
+        // Removes the connection from the registry and the hub even when this future is
+        // dropped before the connection ends (serve raced against a shutdown signal).
+        let mut registered = Registered {
+            endpoint: self,
+            session: Arc::clone(&session),
+            span: span.clone(),
+            done: false,
+        };
         if let Some(on_connect) = &self.on_connect {
             tokio::spawn(on_connect(channel).instrument(span.clone()));
         }
         let reason = run.await;
+        registered.done = true;
         self.connections().remove(&session.key);
         let topics: Vec<String> = session.topics().drain().collect();
         if !topics.is_empty() {
             self.hub.remove(session.key, &topics).instrument(span).await;
         }
         reason
+    }
+}
+
+/// A connection in an endpoint's registry and the hub, until [`Endpoint::serve`] removes it.
+struct Registered<'a> {
+    endpoint: &'a Endpoint,
+    session: Arc<Session>,
+    span: tracing::Span,
+    done: bool,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let key = self.session.key;
+        self.endpoint.connections().remove(&key);
+        let topics: Vec<String> = self.session.topics().drain().collect();
+        if topics.is_empty() {
+            return;
+        }
+        let hub = self.endpoint.hub.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(
+                    async move { hub.remove(key, &topics).await }.instrument(self.span.clone()),
+                );
+            }
+            Err(_) => tracing::warn!(
+                parent: &self.span,
+                topics = ?topics,
+                "connection dropped outside a tokio runtime; its topics stay registered"
+            ),
+        }
     }
 }
 

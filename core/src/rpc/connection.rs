@@ -132,6 +132,11 @@ pub(crate) fn connection_with_id(
     let reader_channel = channel.clone();
     let run = async move {
         tracing::debug!("connection open");
+        // Closes the connection's state even when this future is dropped before it ends.
+        let mut finish = Finish {
+            shared: Arc::clone(&reader_channel.shared),
+            done: false,
+        };
         let reader = async {
             let reason = read_loop(&reader_channel, stream, &clock).await;
             reader_channel.shared.outbound.begin_close(reason.clone());
@@ -139,20 +144,53 @@ pub(crate) fn connection_with_id(
         };
         let writer = write_loop(Arc::clone(&reader_channel.shared), sink, clock.clone());
         let (reason, ()) = tokio::join!(reader, writer);
-        let shared = &reader_channel.shared;
-        let reason = shared.outbound.close_reason().unwrap_or(reason);
+        let reason = reader_channel
+            .shared
+            .outbound
+            .close_reason()
+            .unwrap_or(reason);
+        finish.close(reason.clone());
+        tracing::debug!(close_code = reason.code, close_reason = %reason.reason, "connection closed");
+        reason
+    }
+    .instrument(span);
+    (channel, run)
+}
+
+/// Marks a connection closed: no more frames are queued, waiting callers get
+/// `ConnectionClosed`, and [`RpcChannel::closed`] returns. Runs on drop if the connection's
+/// future is dropped before it ends.
+struct Finish {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Finish {
+    fn close(&mut self, reason: CloseReason) {
+        self.done = true;
+        let shared = &self.shared;
+        shared.outbound.begin_close(reason.clone());
+        shared.outbound.close_queue();
         {
             let mut pending = shared.lock_pending();
             pending.closed = true;
             // Dropping the senders wakes every waiting caller with ConnectionClosed.
             pending.calls.clear();
         }
-        shared.closed.send_replace(Some(reason.clone()));
-        tracing::debug!(close_code = reason.code, close_reason = %reason.reason, "connection closed");
-        reason
+        shared.closed.send_replace(Some(reason));
     }
-    .instrument(span);
-    (channel, run)
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::debug!("connection dropped before it closed");
+            self.close(CloseReason::new(
+                CloseReason::ABNORMAL,
+                "connection dropped",
+            ));
+        }
+    }
 }
 
 /// Milliseconds since the connection started, shared between reader and writer.
@@ -615,9 +653,24 @@ async fn write_loop(shared: Arc<Shared>, mut sink: Box<dyn FrameSink>, clock: Cl
                     );
                     break CloseReason::new(CloseReason::INTERNAL_ERROR, "keep-alive timed out");
                 }
-                if let Err(error) = sink.ping().await {
-                    tracing::debug!(error = %error, "keep-alive ping failed");
-                    break CloseReason::new(CloseReason::ABNORMAL, "transport failed");
+                // A peer that stopped reading can block the ping itself, so it gets the same
+                // limits as a send: the close signal and the keep-alive timeout.
+                let pinged = tokio::select! {
+                    biased;
+                    reason = shared.outbound.closing() => Err(reason),
+                    () = tokio::time::sleep(shared.config.keepalive_timeout) => {
+                        tracing::debug!("keep-alive ping timed out; peer stopped reading");
+                        Err(CloseReason::new(CloseReason::INTERNAL_ERROR, "keep-alive ping timed out: peer stopped reading"))
+                    }
+                    pinged = sink.ping() => Ok(pinged),
+                };
+                match pinged {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(error = %error, "keep-alive ping failed");
+                        break CloseReason::new(CloseReason::ABNORMAL, "transport failed");
+                    }
+                    Err(reason) => break reason,
                 }
             }
         }
