@@ -1,18 +1,20 @@
 //! The RPC channel and pub/sub endpoint over the in-process transport pair.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tidings_core::rpc::spawn_connection;
 use tidings_core::transport::{
     self, CloseReason, FrameSink, FrameStream, Incoming, Transport, TransportError,
 };
 use tidings_core::{
-    CallContext, CallError, ConnContext, ConnectionConfig, Endpoint, Hub, Methods, RpcError,
+    CallContext, CallError, ConnContext, ConnectionConfig, Endpoint, Hub, Methods, RpcChannel,
+    RpcError,
 };
 
 #[derive(Deserialize)]
@@ -178,4 +180,155 @@ async fn silent_peer_is_closed_by_keepalive() {
         matches!(error, CallError::ConnectionClosed { .. }),
         "{error:?}"
     );
+}
+
+// Connections whose peer or owner misbehaves: a keep-alive ping that never completes, and a
+// `serve` future dropped before its connection ends.
+
+fn keepalive_config() -> ConnectionConfig {
+    ConnectionConfig::default().keepalive(Some(Duration::from_secs(1)), Duration::from_secs(1))
+}
+
+/// A peer that stopped reading just before a keep-alive ping: frames are accepted, but the
+/// ping never completes, like a WebSocket write into a full TCP send buffer.
+struct StuckPing;
+struct StuckPingSink;
+
+#[async_trait]
+impl FrameSink for StuckPingSink {
+    async fn send_batch(&mut self, frames: &mut Vec<Bytes>) -> Result<(), TransportError> {
+        frames.clear();
+        Ok(())
+    }
+
+    async fn ping(&mut self) -> Result<(), TransportError> {
+        std::future::pending().await
+    }
+
+    async fn close(&mut self, _reason: CloseReason) -> Result<(), TransportError> {
+        Ok(())
+    }
+}
+
+impl Transport for StuckPing {
+    fn split(self: Box<Self>) -> (Box<dyn FrameSink>, Box<dyn FrameStream>) {
+        (Box::new(StuckPingSink), Box::new(SilentStream))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stuck_ping_closes_by_keepalive() {
+    let connection = spawn_connection(
+        Box::new(StuckPing),
+        Methods::new(),
+        ConnContext::default(),
+        keepalive_config(),
+        tracing::Span::none(),
+    );
+    let reason = tokio::time::timeout(Duration::from_secs(60), connection.wait())
+        .await
+        .expect("closed within the keep-alive limit");
+    assert_eq!(reason.code, CloseReason::INTERNAL_ERROR);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stuck_ping_yields_to_close() {
+    let connection = spawn_connection(
+        Box::new(StuckPing),
+        Methods::new(),
+        ConnContext::default(),
+        ConnectionConfig::default()
+            .keepalive(Some(Duration::from_secs(1)), Duration::from_secs(600)),
+        tracing::Span::none(),
+    );
+    // Past the first ping, which blocks.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    connection
+        .channel()
+        .close(CloseReason::new(CloseReason::GOING_AWAY, "shutdown"));
+    let reason = tokio::time::timeout(Duration::from_secs(10), connection.wait())
+        .await
+        .expect("close() ends the connection");
+    assert_eq!(reason.code, CloseReason::GOING_AWAY);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stuck_ping_ends_serve() {
+    let endpoint = Endpoint::new(Hub::new()).config(keepalive_config());
+    let served = {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            endpoint
+                .serve(Box::new(StuckPing), ConnContext::default())
+                .await
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(60), served)
+        .await
+        .expect("serve returns within the keep-alive limit")
+        .expect("serve task");
+    assert_eq!(endpoint.connection_count(), 0);
+}
+
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// Serve raced against a shutdown signal, a common graceful-shutdown pattern: dropping the
+/// serve future must remove the connection from the hub and the registry and close it.
+#[tokio::test]
+async fn dropped_serve_cleans_up() {
+    let hub = Hub::new();
+    let server_channel = Arc::new(Mutex::new(None::<RpcChannel>));
+    let slot = Arc::clone(&server_channel);
+    let endpoint = Endpoint::new(hub.clone()).on_connect(move |channel| {
+        let slot = Arc::clone(&slot);
+        async move {
+            *slot.lock().unwrap() = Some(channel);
+        }
+    });
+    let (server_side, client_side) = transport::pair();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                reason = endpoint.serve(Box::new(server_side), ConnContext::default()) => Some(reason),
+                _ = stopped => None,
+            }
+        })
+    };
+    let client = spawn_connection(
+        Box::new(client_side),
+        Methods::new().inline_method("notify", |_: Value, _ctx: &CallContext| Ok("None")),
+        ConnContext::default(),
+        ConnectionConfig::default(),
+        tracing::Span::none(),
+    );
+    let subscribed: bool = client
+        .channel()
+        .call("subscribe", json!({"topics": ["t"]}))
+        .await
+        .expect("subscribe");
+    assert!(subscribed);
+    wait_for("on_connect", || server_channel.lock().unwrap().is_some()).await;
+    let channel = server_channel.lock().unwrap().clone().expect("channel");
+
+    stop.send(()).expect("serve still running");
+    assert!(served.await.expect("serve task").is_none());
+
+    wait_for("hub cleanup", || hub.subscriber_count("t") == 0).await;
+    assert_eq!(endpoint.connection_count(), 0);
+    assert!(channel.is_closed());
+    tokio::time::timeout(Duration::from_secs(1), channel.closed())
+        .await
+        .expect("closed() returns");
+    let call = channel.call::<Value>("anything", json!({})).await;
+    assert!(call.is_err(), "a call on a dropped connection succeeded");
 }
