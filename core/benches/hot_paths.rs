@@ -145,15 +145,15 @@ async fn publish_once(hub: &Hub) {
         .expect("publish");
 }
 
-/// Measures the publisher's cost per local subscriber: the time `publish` takes to queue a
-/// notify for every subscribed connection and wake its writer. The writers, which build the
-/// frames, and the client sides run after the timed call on the same single-thread runtime.
-fn fanout_enqueue(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut group = c.benchmark_group("fanout_enqueue");
+/// Runs `bench` in group `name` for 10, 1,000 and 10,000 subscribers, each time on a fresh
+/// hub whose subscribers count the notifies they handle in the counter passed to `bench`.
+fn fanout_group(
+    c: &mut Criterion,
+    name: &str,
+    runtime: &tokio::runtime::Runtime,
+    mut bench: impl FnMut(&mut criterion::Bencher<'_>, &Hub, &Arc<AtomicUsize>, usize),
+) {
+    let mut group = c.benchmark_group(name);
     group.measurement_time(Duration::from_secs(5));
     for subscribers in [10usize, 1_000, 10_000] {
         let hub = Hub::new();
@@ -163,27 +163,48 @@ fn fanout_enqueue(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::from_parameter(subscribers),
             &subscribers,
-            |b, &subscribers| {
-                b.iter_custom(|iterations| {
-                    runtime.block_on(async {
-                        let mut publishing = Duration::ZERO;
-                        for _ in 0..iterations {
-                            let expected = handled.load(Ordering::Relaxed) + subscribers;
-                            let started = Instant::now();
-                            publish_once(&hub).await;
-                            publishing += started.elapsed();
-                            while handled.load(Ordering::Relaxed) < expected {
-                                tokio::task::yield_now().await;
-                            }
-                        }
-                        publishing
-                    })
-                })
-            },
+            |b, &subscribers| bench(b, &hub, &handled, subscribers),
         );
         drop(clients);
     }
     group.finish();
+}
+
+/// Waits until the subscribers have handled `expected` notifies in all.
+async fn drained(handled: &AtomicUsize, expected: usize) {
+    while handled.load(Ordering::Relaxed) < expected {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Measures the publisher's cost per local subscriber: the time `publish` takes to queue a
+/// notify for every subscribed connection and wake its writer. The writers, which build the
+/// frames, and the client sides run after the timed call on the same single-thread runtime.
+fn fanout_enqueue(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    fanout_group(
+        c,
+        "fanout_enqueue",
+        &runtime,
+        |b, hub, handled, subscribers| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let mut publishing = Duration::ZERO;
+                    for _ in 0..iterations {
+                        let expected = handled.load(Ordering::Relaxed) + subscribers;
+                        let started = Instant::now();
+                        publish_once(hub).await;
+                        publishing += started.elapsed();
+                        drained(handled, expected).await;
+                    }
+                    publishing
+                })
+            })
+        },
+    );
 }
 
 /// Measures a whole publication on a two-thread runtime until every subscriber has handled
@@ -194,33 +215,22 @@ fn fanout_pipeline(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut group = c.benchmark_group("fanout_pipeline");
-    group.measurement_time(Duration::from_secs(5));
-    for subscribers in [10usize, 1_000, 10_000] {
-        let hub = Hub::new();
-        let handled = Arc::new(AtomicUsize::new(0));
-        let clients = runtime.block_on(connect_subscribers(&hub, subscribers, &handled));
-        group.throughput(Throughput::Elements(subscribers as u64));
-        group.bench_with_input(
-            BenchmarkId::from_parameter(subscribers),
-            &subscribers,
-            |b, &subscribers| {
-                b.to_async(&runtime).iter(|| {
-                    let hub = hub.clone();
-                    let handled = Arc::clone(&handled);
-                    async move {
-                        let expected = handled.load(Ordering::Relaxed) + subscribers;
-                        publish_once(&hub).await;
-                        while handled.load(Ordering::Relaxed) < expected {
-                            tokio::task::yield_now().await;
-                        }
-                    }
-                })
-            },
-        );
-        drop(clients);
-    }
-    group.finish();
+    fanout_group(
+        c,
+        "fanout_pipeline",
+        &runtime,
+        |b, hub, handled, subscribers| {
+            b.to_async(&runtime).iter(|| {
+                let hub = hub.clone();
+                let handled = Arc::clone(handled);
+                async move {
+                    let expected = handled.load(Ordering::Relaxed) + subscribers;
+                    publish_once(&hub).await;
+                    drained(&handled, expected).await;
+                }
+            })
+        },
+    );
 }
 
 criterion_group!(
