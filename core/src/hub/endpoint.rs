@@ -327,9 +327,7 @@ impl Endpoint {
             tokio::spawn(on_connect(channel).instrument(span.clone()));
         }
         let reason = run.await;
-        registered.done = true;
-        self.connections().remove(&session.key);
-        let topics: Vec<String> = session.topics().drain().collect();
+        let topics = registered.release();
         if !topics.is_empty() {
             self.hub.remove(session.key, &topics).instrument(span).await;
         }
@@ -345,18 +343,27 @@ struct Registered<'a> {
     done: bool,
 }
 
+impl Registered<'_> {
+    /// Removes the connection from the registry and returns the topics it was subscribed to,
+    /// which the caller removes from the hub.
+    fn release(&mut self) -> Vec<String> {
+        self.done = true;
+        self.endpoint.connections().remove(&self.session.key);
+        self.session.topics().drain().collect()
+    }
+}
+
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         if self.done {
             return;
         }
-        let key = self.session.key;
-        self.endpoint.connections().remove(&key);
-        let topics: Vec<String> = self.session.topics().drain().collect();
+        let topics = self.release();
         if topics.is_empty() {
             return;
         }
         let hub = self.endpoint.hub.clone();
+        let key = self.session.key;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(
