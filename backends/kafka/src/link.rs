@@ -175,17 +175,15 @@ fn swap(slot: &SessionSlot, session: Option<Arc<Session>>) -> Option<Arc<Session
 }
 
 fn replace(slot: &SessionSlot, session: Option<Arc<Session>>) {
-    let old = swap(slot, session);
-    if let Some(old) = &old {
-        // No more fetches from these clients, whatever the broker does next.
-        let _ = old.consumer.unassign();
-    }
+    let Some(old) = swap(slot, session) else {
+        return;
+    };
+    // No more fetches from these clients, whatever the broker does next.
+    let _ = old.consumer.unassign();
     // Dropping the producer flushes for up to 500 ms and destroying a client joins its
     // threads, so the last reference is released off the async workers.
-    if let Some(old) = old {
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn_blocking(move || drop(old));
-        }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn_blocking(move || drop(old));
     }
 }
 

@@ -106,6 +106,7 @@ pub(crate) enum Exclude<'a> {
     /// A channel id, as a publish request's notifier id names it.
     Channel(&'a str),
 }
+
 type TopicMap = HashMap<Arc<str>, HashMap<SubscriberKey, Subscriber>>;
 
 struct HubInner {
